@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Reproduces benchmarks/results_pmoe_sac.md on a CPU: one torch thread per run, at most two runs at a time.
+# Usage: bash benchmarks/pmoe_sac.sh [learning|sps|tests|report|all]   (default: all)
+# TensorBoard logs and console logs go to benchmarks/sac/runs/ (gitignored by the `runs/` pattern; a separate folder
+# because another job emptied the shared benchmarks/runs/ while these ran).
+set -euo pipefail
+cd "$(dirname "$0")"
+mkdir -p sac/runs && cd sac
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+part="${1:-all}"
+ENV=HalfCheetah-v5
+STEPS=30000
+
+learning() {  # one 30k-step run per estimator (K=4) and plain SAC (K=1), seed 1, CleanRL defaults otherwise
+  python ../../pmoe_sac.py --env-id $ENV --total-timesteps $STEPS --seed 1 --num-experts 4 --gradient-estimator pmoe \
+    --exp-name pmoe_sac_pmoe_K4 > runs/log_pmoe_K4.txt 2>&1 &
+  python ../../pmoe_sac.py --env-id $ENV --total-timesteps $STEPS --seed 1 --num-experts 1 \
+    --exp-name pmoe_sac_sac_K1 > runs/log_sac_K1.txt 2>&1 &
+  wait
+  python ../../pmoe_sac.py --env-id $ENV --total-timesteps $STEPS --seed 1 --num-experts 4 --gradient-estimator gumbel \
+    --exp-name pmoe_sac_gumbel_K4 > runs/log_gumbel_K4.txt 2>&1 &
+  python ../../pmoe_sac.py --env-id $ENV --total-timesteps $STEPS --seed 1 --num-experts 4 --gradient-estimator reinforce \
+    --exp-name pmoe_sac_reinforce_K4 > runs/log_reinforce_K4.txt 2>&1 &
+  wait
+}
+
+sps() {  # steady-state SPS after learning_starts, K=1 and K=4 interleaved, one run at a time, 3 repeats
+  for rep in 1 2 3; do
+    for K in 1 4; do
+      python ../../pmoe_sac.py --env-id $ENV --total-timesteps 4000 --learning-starts 1000 --eval-episodes 0 \
+        --num-experts $K --exp-name sps_K$K 2>&1 | grep "SPS" | tail -1 | sed "s/^/K=$K rep=$rep /"
+    done
+  done
+}
+
+tests() {  # wall time of the test file (pytest's own timer)
+  (cd ../.. && python -m pytest -q tests/test_pmoe_sac.py 2>&1 | tail -1)
+}
+
+report() {
+  python ../rl_report.py runs --match "__pmoe_sac_" --last-n 10 --png runs/pmoe_sac_curves.png
+}
+
+case "$part" in
+  learning) learning ;;
+  sps) sps ;;
+  tests) tests ;;
+  report) report ;;
+  all) learning; sps; tests; report ;;
+esac

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Reproduces the figures in benchmarks/results_sofT_grpo.md (CPU).
+#   bash benchmarks/sofT_grpo.sh speed   # rollout tokens/s: soft vs discrete, same toy model and batch, fixed length
+#   bash benchmarks/sofT_grpo.sh toy     # default toy runs of sofT_grpo.py and discrete_grpo.py, seed 1, same steps
+#   bash benchmarks/sofT_grpo.sh grid    # every trained model under every decoding: discrete CoT and the 3 soft settings
+#   bash benchmarks/sofT_grpo.sh tests   # wall time of tests/test_sofT_grpo.py
+# Runs and logs land in benchmarks/runs/ (gitignored). Each run ends with a "SUMMARY {json}" line (main()'s summary).
+set -euo pipefail
+cd "$(dirname "$0")"
+. ../.venv/bin/activate
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MKL_NUM_THREADS=${OMP_NUM_THREADS:-2}
+mkdir -p runs
+
+run() {  # run SCRIPT.main with CLI flags (its own cli(), presets included) and print its summary as JSON
+  python - "$@" <<'EOF'
+import importlib, json, sys
+sys.path.insert(0, "..")
+mod = importlib.import_module(sys.argv[1])
+print("SUMMARY " + json.dumps(mod.main(mod.cli(sys.argv[2:])), default=float))
+EOF
+}
+
+case "${1:-all}" in
+  speed|all)
+    python - <<'EOF' | tee runs/sofT_grpo_speed.log
+import sys, time
+sys.path.insert(0, "..")
+import torch
+import discrete_grpo as d, sofT_grpo as s
+args = s.Args()  # the default toy model and one default training rollout batch (16 prompts x G 8, 48 steps)
+path = s.build_toy_base(args)
+tok, model = s.AutoTokenizer.from_pretrained(path), s.AutoModelForCausalLM.from_pretrained(path).eval()
+rows = [r for r in s.render_prompts(tok, s.toy_splits(args)[0][: args.prompts_per_step], 10**9)[0] for _ in range(args.group_size)]
+never = torch.tensor([tok.pad_token_id])  # a stop id that is never sampled: every row decodes all 48 steps in both scripts
+soft = dict(think_end_id=tok.convert_tokens_to_ids("</think>"), temperature=1.0, top_k=5, top_p=0.95, answer_top_k=5, answer_top_p=0.95,
+            tau_g=0.1, noise_scale=1.0, noise="gumbel")
+runs = {"discrete, its defaults (T 1, no top-k/p)": (d, dict(temperature=1.0, top_k=0, top_p=1.0)),
+        "discrete, T 1, top-k 5, top-p 0.95": (d, dict(temperature=1.0, top_k=5, top_p=0.95)),
+        "soft, its defaults (T 1, k 5, p 0.95, tau_g 0.1)": (s, soft)}
+rates = {k: [] for k in runs}
+for rep in range(6):  # interleaved repeats; the first is a warm-up and is dropped
+    for name, (mod, kw) in runs.items():
+        t0 = time.perf_counter()
+        out = mod.generate(model, tok, rows, args.rollout_batch_size, args.max_new_tokens, never, torch.Generator().manual_seed(rep), **kw)
+        rates[name] += [out["completion_ids"].numel() / (time.perf_counter() - t0)] if rep else []
+ref = sorted(rates[next(iter(runs))])[2]
+for name, r in rates.items():
+    med = sorted(r)[2]
+    print(f"{name:52s} median {med:7.0f} tokens/s (min {min(r):.0f}, max {max(r):.0f}) = {med / ref:.2f}x discrete defaults")
+print(f"{len(rows)} rows x {args.max_new_tokens} steps, torch threads {torch.get_num_threads()}, 5 repeats")
+EOF
+    ;;&
+  toy|all)
+    run sofT_grpo --seed 1 --output-dir runs/sofT_toy > runs/sofT_grpo_toy.log 2>&1
+    run discrete_grpo --seed 1 --output-dir runs/discrete_toy > runs/discrete_grpo_toy.log 2>&1
+    grep -h '^SUMMARY' runs/sofT_grpo_toy.log runs/discrete_grpo_toy.log
+    ;;&
+  grid|all)
+    soft_ckpt=$(ls -d runs/sofT_toy/*/final | tail -1)
+    disc_ckpt=$(ls -d runs/discrete_toy/*/final | tail -1)
+    run sofT_grpo --eval-only --model-name-or-path "$disc_ckpt" --output-dir runs/grid > runs/grid_discrete_ckpt_soft.log 2>&1
+    run discrete_grpo --eval-only --model-name-or-path "$soft_ckpt" --output-dir runs/grid > runs/grid_soft_ckpt_discrete.log 2>&1
+    grep -h '^SUMMARY' runs/grid_*.log
+    ;;&
+  tests|all)
+    cd .. && /usr/bin/time -f "tests/test_sofT_grpo.py wall %e s" python -m pytest -q tests/test_sofT_grpo.py
+    ;;
+esac
