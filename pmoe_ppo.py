@@ -234,7 +234,7 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda
 
 def evaluate(model_path, eval_episodes, eval_expert, device, seed, writer=None):
     """Deterministic episodes of a saved model, with the saved obs statistics frozen. -> (returns, eval obs_rms)"""
-    ckpt = torch.load(model_path, map_location=device, weights_only=True)
+    ckpt = torch.load(model_path, map_location="cpu", weights_only=True)  # load_state_dict copies to device
     saved = ckpt["args"]  # the env and the architecture come from the checkpoint, not from the CLI
     envs = gym.vector.SyncVectorEnv(
         [make_env(saved["env_id"], saved["gamma"])], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)

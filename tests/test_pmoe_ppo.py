@@ -17,6 +17,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(env_id="Hopper-v5", num_steps=64, total_timesteps=128, num_minibatches=2, update_epochs=2, num_experts=3)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The MLPs are tiny: a second intra-op thread only adds synchronisation (measured ~2x slower on 2 busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def reference_gae(rewards, values, dones, next_value, next_done, gamma, lam):
     """A_t = sum_l (gamma*lam)^l delta_{t+l}, summed explicitly until the episode ends (O(T^2), plain floats)."""
     T, N = len(rewards), len(rewards[0])
