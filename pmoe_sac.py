@@ -1,8 +1,8 @@
 """PMOE-SAC: SAC with a probabilistic mixture-of-experts policy (Ren et al. 2021, arXiv 2104.09122).
 
 A minimal diff of CleanRL's sac_continuous_action.py; the long explanations are in docs/pmoe_sac.md.
-  python pmoe_sac.py                  # HalfCheetah-v5, K=4, CleanRL's 1M steps: RUNTIME on one CPU core
-  python pmoe_sac.py --total-timesteps 20000 --learning-starts 1000     # a few minutes on a laptop CPU
+  python pmoe_sac.py                  # HalfCheetah-v5, K=4, CleanRL's 1M steps: ~7 h at 41 SPS (1 CPU core)
+  python pmoe_sac.py --total-timesteps 20000 --learning-starts 1000     # ~8 minutes on one CPU core
   python pmoe_sac.py --num-experts 1  # plain SAC on the same code path
   python pmoe_sac.py --save-model     # later: python pmoe_sac.py --model-path runs/<run>/pmoe_sac.cleanrl_model
 The diff: a mixture of K tanh-Gaussian experts, routed from detached trunk features; the actor update scores one

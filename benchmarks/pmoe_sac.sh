@@ -27,7 +27,7 @@ learning() {  # one 30k-step run per estimator (K=4) and plain SAC (K=1), seed 1
 sps() {  # steady-state SPS after learning_starts, K=1 and K=4 interleaved, one run at a time, 3 repeats
   for rep in 1 2 3; do
     for K in 1 4; do
-      python ../../pmoe_sac.py --env-id $ENV --total-timesteps 4000 --learning-starts 1000 --eval-episodes 0 \
+      python ../../pmoe_sac.py --env-id $ENV --total-timesteps 3000 --learning-starts 1000 --eval-episodes 0 \
         --num-experts $K --exp-name sps_K$K 2>&1 | grep "SPS" | tail -1 | sed "s/^/K=$K rep=$rep /"
     done
   done

@@ -225,3 +225,17 @@ def test_bad_input_cli_one_line_no_traceback(flags, flag, tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {flag}") and "Traceback" not in result.stderr
+
+
+def test_non_finite_loss_stops_the_run(tmp_path, monkeypatch):
+    """A diverging update (here: a NaN injected into the actor loss) ends the run with a clear message."""
+    monkeypatch.chdir(tmp_path)
+    real = pmoe_sac.actor_losses
+
+    def diverging(*args):
+        actor_loss, route_loss, log_pi, k = real(*args)
+        return actor_loss * float("nan"), route_loss, log_pi, k
+
+    monkeypatch.setattr(pmoe_sac, "actor_losses", diverging)
+    with pytest.raises(SystemExit, match="non-finite loss at global_step=200"):
+        pmoe_sac.main(pmoe_sac.Args(**TINY))
