@@ -3,6 +3,7 @@
 #   bash benchmarks/sofT_grpo.sh speed   # rollout tokens/s: soft vs discrete, same toy model and batch, fixed length
 #   bash benchmarks/sofT_grpo.sh toy     # default toy runs of sofT_grpo.py and discrete_grpo.py, seed 1, same steps
 #   bash benchmarks/sofT_grpo.sh grid    # every trained model under every decoding: discrete CoT and the 3 soft settings
+#   bash benchmarks/sofT_grpo.sh report  # Pass@k table (grpo_report.py): every model x decoding
 #   bash benchmarks/sofT_grpo.sh tests   # wall time of tests/test_sofT_grpo.py
 # Runs and logs land in benchmarks/runs/ (gitignored). Each run ends with a "SUMMARY {json}" line (main()'s summary).
 set -euo pipefail
@@ -61,6 +62,27 @@ EOF
     run sofT_grpo --eval-only --model-name-or-path "$disc_ckpt" --output-dir runs/grid > runs/grid_discrete_ckpt_soft.log 2>&1
     run discrete_grpo --eval-only --model-name-or-path "$soft_ckpt" --output-dir runs/grid > runs/grid_soft_ckpt_discrete.log 2>&1
     grep -h '^SUMMARY' runs/grid_*.log
+    ;;&
+  report|all)  # sofT_grpo.py writes '<setting>/pass@k' keys: one grpo_report.py row per model x decoding
+    python - <<'EOF'
+import glob, json, os
+import grpo_report
+rows, seen = [], set()
+for src in ("discrete_toy", "sofT_toy", "grid"):
+    for f in sorted(glob.glob(f"runs/{src}/*/eval_step*.json")):
+        r = json.load(open(f))
+        if src == "grid":  # eval-only of the other script's trained checkpoint
+            model = "discrete GRPO" if "discrete_toy" in r["model"] else "SofT-GRPO"
+        else:
+            model = "base" if r["step"] == 0 else {"sofT_toy": "SofT-GRPO", "discrete_toy": "discrete GRPO"}[src]
+        for name in sorted({k.split("/")[0] for k in r if "/pass@" in k}) or ["discrete CoT"]:
+            if (model, name) not in seen:  # the base model is evaluated by both training runs
+                seen.add((model, name))
+                rows.append({"model": model, "decoding": name, "step": r["step"], "script": r["run"].split("__")[1],
+                             **{k.split("/")[-1]: v for k, v in r.items() if k.startswith(("pass@", name + "/pass@"))}})
+order = ["base", "discrete GRPO", "SofT-GRPO"]
+print(grpo_report.markdown_table(sorted(rows, key=lambda r: order.index(r["model"])), ["model", "decoding", "script"]))
+EOF
     ;;&
   tests|all)
     cd .. && /usr/bin/time -f "tests/test_sofT_grpo.py wall %e s" python -m pytest -q tests/test_sofT_grpo.py
