@@ -1,9 +1,8 @@
 """Discrete-token GRPO for LLM reasoning: the baseline of SofT-GRPO (Zheng & Lee, arXiv 2511.06411).
 
 The loss is verl's GRPO as the SofT-GRPO code runs it (group advantages, PPO dual-clip, k3 KL, token-mean);
-rollouts come from our own KV-cache decode loop so that `sofT_grpo.py` can swap one sampling step.
-Parent of `sofT_grpo.py`. Long-form notes: docs/discrete_grpo.md.
-    python discrete_grpo.py                                   # toy task + tiny model, CPU, ~10 min
+rollouts come from our own KV-cache decode loop, so `sofT_grpo.py` (its child) swaps one sampling step. Notes: docs/discrete_grpo.md
+    python discrete_grpo.py                                   # toy task + tiny model, 2-core CPU, ~6 min
     python discrete_grpo.py --preset r1-distill-qwen-1.5b     # the paper's setting, one GPU
     python discrete_grpo.py --model-name-or-path ./ckpt --dataset math500.jsonl --eval-only
     python discrete_grpo.py --track --dr-grpo --loss-agg-mode seq-mean-token-sum-norm
@@ -22,9 +21,9 @@ from typing import Literal, Optional
 
 import torch
 import tyro
+from tokenizers import AddedToken, pre_tokenizers
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
-from tokenizers import AddedToken, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
 
@@ -36,7 +35,6 @@ PresetName = Literal["toy", "r1-distill-qwen-1.5b", "llama-3.2-3b-instruct", "r1
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]  # the name of this experiment
     seed: int = 1  # seed of sampling and data order (the toy base model has its own fixed seed)
-    cuda: bool = True  # if toggled, cuda will be used when available
     track: bool = False  # if toggled, this experiment will be tracked with Weights and Biases
     wandb_project_name: str = "softgrpo"  # the wandb's project name
     wandb_entity: Optional[str] = None  # the entity (team) of wandb's project
@@ -46,29 +44,26 @@ class Args:
     eval_every: int = 0  # evaluate every N steps (0: only before and after training)
     eval_only: bool = False  # evaluate the model and exit without training
     log_completions_every: int = 10  # write a few sample completions as text to TensorBoard every N steps
-
     # Model and data
     model_name_or_path: Optional[str] = None  # Hub id or local folder; None: the toy base model (built once, cached)
     dataset: Optional[str] = None  # .jsonl/.json/.parquet file or Hub dataset id (needs `datasets`); None: toy task
     eval_dataset: Optional[str] = None  # held-out problems; None: toy eval split, or the last rows of --dataset
-    dataset_split: str = "train"  # split name for Hub datasets
     problem_field: Optional[str] = None  # problem text field (None: auto-detect problem/question/prompt/query)
     answer_field: Optional[str] = None  # answer field (None: answer/final_answer/solution; `#### n` and \\boxed{} unwrapped)
     max_prompt_length: int = 1024  # longer prompts (tokens, after the chat template) are skipped and counted
-    dtype: Literal["float32", "bfloat16"] = "float32"  # dtype of the policy weights (log-softmax is always fp32)
+    dtype: Literal["float32", "bfloat16"] = "float32"  # policy weights (bf16 can swallow lr-1e-6 updates; log-softmax is fp32)
     gradient_checkpointing: bool = False  # trade compute for memory in the training forward pass
-
     # Toy task and toy base model (used when --model-name-or-path / --dataset are not given)
-    toy_num_ops: int = 3  # difficulty: number of +/- operations per problem
-    toy_max_operand: int = 20  # operands are drawn from 1..toy_max_operand
+    toy_num_ops: int = 2  # difficulty: number of +/- operations per problem
+    toy_max_operand: int = 9  # operands are drawn from 1..toy_max_operand
     toy_hidden_size: int = 96  # hidden size of the tiny Qwen2 model
     toy_num_layers: int = 3  # decoder layers of the tiny Qwen2 model
-    toy_sft_steps: int = 300  # supervised warm-start steps on worked solutions
+    toy_sft_steps: int = 600  # supervised warm-start steps on worked solutions
+    toy_teacher_slip: float = 0.5  # fraction of SFT solutions that box the previous line's result (headroom for RL)
     toy_cache_dir: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache")  # toy base model cache
-
     # GRPO
     total_steps: int = 60  # rollout + update steps
-    learning_rate: float = 2e-4  # AdamW learning rate (the paper: 1e-6)
+    learning_rate: float = 1e-4  # AdamW learning rate (the paper: 1e-6)
     max_grad_norm: float = 1.0  # gradient clipping norm
     group_size: int = 8  # G: completions sampled per prompt
     prompts_per_step: int = 16  # prompts per rollout step (the paper: 64)
@@ -85,7 +80,6 @@ class Args:
     beta: float = 0.001  # k3 KL coefficient to the frozen reference model (0: no reference model is loaded)
     loss_agg_mode: AggMode = "token-mean"  # per-token loss averaging (verl's names; *-sum-norm is Dr. GRPO's)
     dr_grpo: bool = False  # Dr. GRPO advantages R - mean, without the group std
-
     # Evaluation
     eval_problems: int = 200  # number of held-out problems
     eval_samples: int = 8  # n samples per problem; Pass@k for k = 1, 2, 4, ... n
@@ -95,14 +89,14 @@ class Args:
     eval_max_new_tokens: Optional[int] = None  # maximum completion length at evaluation (None: --max-new-tokens)
 
 
-_PAPER = dict(learning_rate=1e-6, group_size=8, prompts_per_step=64, mini_batch_prompts=32, micro_batch_size=2, beta=0.001,
-              max_new_tokens=8192, clip_eps=0.2, dual_clip=3.0, total_steps=629, dataset="agentica-org/DeepScaleR-Preview-Dataset",
-              eval_dataset="HuggingFaceH4/MATH-500", eval_problems=500, eval_samples=32, eval_max_new_tokens=32768, rollout_batch_size=64,
-              dtype="bfloat16", gradient_checkpointing=True)
+_PAPER = dict(learning_rate=1e-6, group_size=8, prompts_per_step=64, mini_batch_prompts=32, micro_batch_size=2, beta=0.001, clip_eps=0.2,
+              dual_clip=3.0, max_new_tokens=8192, total_steps=629, dataset="agentica-org/DeepScaleR-Preview-Dataset", rollout_batch_size=64,
+              eval_dataset="HuggingFaceH4/MATH-500", eval_problems=500, eval_samples=32, eval_max_new_tokens=32768, gradient_checkpointing=True)
 PRESETS = {"toy": {},
            "r1-distill-qwen-1.5b": dict(_PAPER, model_name_or_path="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", eval_every=40),
            "llama-3.2-3b-instruct": dict(_PAPER, model_name_or_path="meta-llama/Llama-3.2-3B-Instruct", eval_every=20),
-           "r1-distill-qwen-7b": dict(_PAPER, model_name_or_path="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", eval_every=20, micro_batch_size=1)}
+           "r1-distill-qwen-7b": dict(_PAPER, model_name_or_path="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", eval_every=20, micro_batch_size=1,
+                                       dtype="bfloat16")}  # fp32 weights + AdamW of a 7B model do not fit one 80 GB GPU
 
 
 def cli(argv: Optional[list] = None) -> Args:
@@ -128,8 +122,6 @@ def validate(args: Args):
         fail("--mini-batch-prompts", f"{args.mini_batch_prompts} does not divide --prompts-per-step {args.prompts_per_step}")
     if (args.mini_batch_prompts * args.group_size) % args.micro_batch_size:
         fail("--micro-batch-size", f"{args.micro_batch_size} does not divide a mini-batch of {args.mini_batch_prompts * args.group_size} completions")
-    if min(args.eval_samples, args.eval_problems, args.rollout_batch_size, args.max_new_tokens) < 1:
-        fail("--eval-samples/--eval-problems/--rollout-batch-size/--max-new-tokens", "must be at least 1")
 
 
 # Task: problems, the paper's prompt, the rule-based reward
@@ -137,20 +129,20 @@ PROMPT_SUFFIX = "Let's think step by step and output the final answer within \\b
 
 
 def toy_splits(args: Args) -> tuple:
-    """Chains of +/- on small integers with a worked solution (one line per operation) for the SFT warm start.
-    Returns 4000 training and 1000 held-out problems, drawn with different seeds; held-out ones never train."""
+    """+/- chains with worked solutions (one line per operation): 4000 training and 1000 disjoint held-out problems."""
     def draw(n: int, seed: int) -> list:
         rng, rows = random.Random(seed), []
         for _ in range(n):
             value = rng.randint(1, args.toy_max_operand)
-            text, steps = str(value), []
+            text, steps, prev = str(value), [], value
             for _ in range(args.toy_num_ops):
                 b = rng.randint(1, args.toy_max_operand)
                 op = rng.choice("+-") if value >= b else "+"  # every intermediate result stays non-negative
                 new = value + b if op == "+" else value - b
                 steps.append(f"{value}{op}{b}={new}")
-                text, value = text + op + str(b), new
-            rows.append({"problem": f"Compute {text}.", "answer": str(value), "solution": "\n".join(steps) + f"\n</think> \\boxed{{{value}}}"})
+                text, prev, value = text + op + str(b), value, new
+            boxed = prev if rng.random() < args.toy_teacher_slip else value  # the sloppy teacher boxes the line before the last
+            rows.append({"problem": f"Compute {text}.", "answer": str(value), "solution": "\n".join(steps) + f"\n</think> \\boxed{{{boxed}}}"})
         return rows
     held_out = draw(1000, seed=1)
     seen = {r["problem"] for r in held_out}
@@ -160,12 +152,8 @@ def toy_splits(args: Args) -> tuple:
 def last_boxed(text: str) -> Optional[str]:
     """Content of the last \\boxed{...} (or \\fbox{...}), braces matched; None when there is none."""
     i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if i < 0:
-        return None
-    if text.startswith("\\boxed ", i):  # "\boxed 5" form
-        return text[i + 7:].split("$")[0].strip()
     j, depth = text.find("{", i), 0
-    for k in range(max(j, 0), len(text) if j >= 0 else 0):
+    for k in range(j, len(text) if min(i, j) >= 0 else j):  # empty when there is no box
         depth += {"{": 1, "}": -1}.get(text[k], 0)
         if depth == 0:
             return text[j + 1:k]
@@ -177,19 +165,16 @@ def normalize_answer(s: str) -> str:
     for a, b in (("\n", ""), ("\\!", ""), ("\\\\", "\\"), ("tfrac", "frac"), ("dfrac", "frac"), ("\\left", ""), ("\\right", ""),
                  ("^{\\circ}", ""), ("^\\circ", ""), ("\\$", ""), ("$", ""), ("\\%", ""), ("%", "")):
         s = s.replace(a, b)
-    s = s.strip()
-    s = re.sub(r"^(.*\d)\s*\\(?:text|mbox|mathrm)\{\s*[a-zA-Z ]+\}$", r"\1", s)  # "5 \text{ cm}" -> "5"
+    s = re.sub(r"^(.*\d)\s*\\(?:text|mbox|mathrm)\{\s*[a-zA-Z ]+\}$", r"\1", s.strip())  # "5 \text{ cm}" -> "5"
     s = re.sub(r"\\(?:text|textbf|mbox|mathrm)\{([^{}]*)\}", r"\1", s)
     s = s.replace(" .", " 0.").replace("{.", "{0.")
     s = "0" + s if s.startswith(".") else s
-    if len(s.split("=")) == 2 and len(s.split("=")[0].strip()) <= 2:  # "x = 5" -> "5"
-        s = s.split("=")[1]
+    s = s.split("=")[1] if len(s.split("=")) == 2 and len(s.split("=")[0].strip()) <= 2 else s  # "x = 5" -> "5"
     s = re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s).replace(" ", "")
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)
     s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):
-        s = s.replace(",", "")
+    s = s.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s) else s  # 1,000 -> 1000
     s = "\\frac{1}{2}" if s == "0.5" else s
     m = re.fullmatch(r"(-?\d+)/(\d+)", s)
     return f"\\frac{{{m.group(1)}}}{{{m.group(2)}}}" if m else s
@@ -218,7 +203,7 @@ def load_rows(path: str, flag: str, args: Args) -> list:
             import datasets
         except ImportError:
             fail(flag, f"{path!r} is a Hub id but `datasets` is not installed: pip install datasets, or pass a local file")
-        raw = list(datasets.load_dataset(path, split=args.dataset_split))
+        raw = list(datasets.load_dataset(path, split="test" if flag == "--eval-dataset" else "train"))
     if not isinstance(raw, list) or not raw or not isinstance(raw[0], dict):
         fail(flag, f"{path!r} holds no rows: expected a list of objects with a problem and an answer field")
     pf = args.problem_field or next((k for k in ("problem", "question", "prompt", "query") if k in raw[0]), None)
@@ -252,17 +237,12 @@ def render_prompts(tok, rows: list, max_len: int) -> tuple:
 
 # ALGO LOGIC: the toy base model (a real tokenizer and a real architecture, saved and loaded like a Hub model)
 def toy_tokenizer() -> Qwen2Tokenizer:
-    """A real byte-level BPE Qwen2 tokenizer (so AutoTokenizer reloads it as is) with a tiny vocabulary: the 256
-    byte symbols plus merges that spell out the prompt's words, so the paper's prompt costs few tokens."""
+    """A real byte-level BPE Qwen2 tokenizer (AutoTokenizer reloads it as is): 256 byte symbols + merges for the prompt's words."""
     vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}  # "Ġ" is a space, "Ċ" a newline
-    merges = []
-    for w in ["Compute", "user", "assistant", "boxed", "'s", "Ġ\\"] + ["Ġ" + w for w in "Let think step by and output the final answer within".split()]:
-        for i in range(1, len(w)):
-            if (w[:i], w[i]) not in merges:
-                merges.append((w[:i], w[i]))
-            vocab.setdefault(w[: i + 1], len(vocab))
+    words = ["Compute", "user", "assistant", "boxed", "'s", "Ġ\\"] + ["Ġ" + w for w in "Let think step by and output the final answer within".split()]
+    merges = list(dict.fromkeys((w[:i], w[i]) for w in words for i in range(1, len(w))))  # spell each word left to right
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
-    vocab.update({s: len(vocab) + i for i, s in enumerate(specials)})
+    vocab.update({t: len(vocab) + i for i, t in enumerate([a + b for a, b in merges] + specials)})
     template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                 "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")  # R1-style: the reply opens thinking
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None, chat_template=template)
@@ -282,13 +262,13 @@ def build_toy_base(args: Args) -> str:
     model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=h, intermediate_size=4 * h, num_hidden_layers=args.toy_num_layers,
                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
                                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None))
-    rows, _ = render_prompts(tok, toy_splits(args)[0], 10**9)
+    rows = render_prompts(tok, toy_splits(args)[0], 10**9)[0]
     seqs = [(r["prompt_ids"], tok(r["solution"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]) for r in rows]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * (1 - s / args.toy_sft_steps))
-    data_rng = random.Random(0)
+    rng = random.Random(0)
     for _ in tqdm(range(args.toy_sft_steps), desc="toy SFT", leave=False):
-        batch = data_rng.sample(seqs, 64)
+        batch = rng.sample(seqs, 64)
         L = max(len(p) + len(c) for p, c in batch)
         ids = torch.tensor([p + c + [tok.pad_token_id] * (L - len(p) - len(c)) for p, c in batch])  # [64, L], right-padded
         labels = torch.tensor([[-100] * len(p) + c + [-100] * (L - len(p) - len(c)) for p, c in batch])  # loss on solutions only
@@ -306,10 +286,9 @@ def save_pretrained_atomic(model, tok, path: str):
     tmp = f"{path}.tmp{os.getpid()}"
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    if os.path.exists(path):  # a parallel run built the same (deterministic) toy model first
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, path)
+    if os.path.exists(path):  # a parallel run saved the same deterministic toy model first: keep that copy
+        return shutil.rmtree(tmp)
+    os.replace(tmp, path)
 
 
 # Pure helpers: sampling, log-probs, advantages, loss, Pass@k
@@ -336,13 +315,11 @@ def sample_step(logits, embed, generator, temperature: float, top_k: int, top_p:
 def rollout(model, prompt_ids, prompt_mask, max_new_tokens: int, stop_ids, generator, **sampling) -> dict:
     """Batched KV-cache decoding fed with inputs_embeds. prompt_ids, prompt_mask: [B, P], left-padded.
     Returns completion_ids / completion_mask [B, T]; the mask runs up to and including the first stop token."""
-    embed = model.get_input_embeddings()
-    attn = prompt_mask
+    embed, attn = model.get_input_embeddings(), prompt_mask
     pos = (attn.cumsum(-1) - 1).clamp(min=0)  # [B, P]: left padding must not shift the positions
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config)  # passed as `cache=`: transformers 5.24 renamed `past_key_values`
     inputs, done, tokens = embed(prompt_ids), torch.zeros_like(prompt_ids[:, 0], dtype=torch.bool), []
     for _ in range(max_new_tokens):
-        # transformers 5.24 renamed the `past_key_values` kwarg to `cache`
         out = model(inputs_embeds=inputs, attention_mask=attn, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
         tok, next_embed, _ = sample_step(out.logits[:, -1].float(), embed, generator, **sampling)
         tokens.append(tok)
@@ -360,9 +337,9 @@ def token_logprobs(model, batch: dict, temperature: float) -> tuple:
     (no grad). Used for the new, old and reference policies. Returns two [B, T] tensors."""
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)  # [B, P+T]
     attn = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
-    T = batch["completion_ids"].shape[1]
     embeds = model.get_input_embeddings()(ids)  # [B, P+T, H]
-    out = model(inputs_embeds=embeds, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0), logits_to_keep=T + 1)
+    out = model(inputs_embeds=embeds, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0), use_cache=False,
+                logits_to_keep=batch["completion_ids"].shape[1] + 1)  # only the logits that score completion tokens
     logp_all = (out.logits[:, :-1].float() / temperature).log_softmax(-1)  # [B, T, V]: position t-1 scores token t
     logp = logp_all.gather(-1, batch["completion_ids"][..., None]).squeeze(-1)  # [B, T]
     with torch.no_grad():
@@ -371,8 +348,7 @@ def token_logprobs(model, batch: dict, temperature: float) -> tuple:
 
 
 def group_advantages(rewards, group_size: int, scale: bool = True):
-    """rewards: [N*G] grouped by prompt. A = (R - mean) / (std + 1e-6) per group (unbiased std, as verl);
-    scale=False gives Dr. GRPO's R - mean. Returns [N*G]."""
+    """rewards: [N*G] grouped by prompt -> [N*G] advantages (R - mean) / (std + 1e-6); Dr. GRPO (scale=False): R - mean."""
     r = rewards.view(-1, group_size)  # [N, G]
     a = r - r.mean(1, keepdim=True)
     return (a / (r.std(1, keepdim=True) + 1e-6) if scale else a).view(-1)
@@ -387,10 +363,8 @@ def grpo_loss(logp, logp_old, logp_ref, advantages, mask, clip_eps=0.2, clip_eps
     hi = clip_eps if clip_eps_high is None else clip_eps_high
     pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_eps, 1 + hi))  # PPO clip
     pg = torch.where(adv < 0, torch.minimum(pg, -adv * dual_clip), pg)  # dual clip: bounded loss when A < 0
-    kl = torch.zeros_like(logp)
-    if beta > 0:
-        d = logp_ref - logp
-        kl = (torch.exp(d) - d - 1).clamp(-10, 10)  # k3 ("low_var_kl"), >= 0, clamped as in verl
+    d = logp_ref - logp if beta > 0 else torch.zeros_like(logp)  # no reference model when beta = 0
+    kl = (torch.exp(d) - d - 1).clamp(-10, 10)  # k3 ("low_var_kl"): >= 0, 0 when equal; clamped as in verl
     per_token, m = pg + beta * kl, mask.float()
     seq_sum, seq_len = (per_token * m).sum(1), m.sum(1)  # [B]
     loss = {"token-mean": seq_sum.sum() / seq_len.sum().clamp(min=1),  # verl/DAPO: every token weighs the same
@@ -424,20 +398,9 @@ def generate(model, tok, rows: list, chunk: int, max_new_tokens: int, stop_ids, 
     return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, **{k: torch.cat([pad(o[k]) for o in outs]) for k in outs[0]}}
 
 
-def evaluate(model, tok, rows: list, args: Args, stop_ids, generator) -> dict:
-    """n samples per problem with the eval sampling flags; Pass@1 (mean accuracy) and unbiased Pass@k."""
-    n, todo = args.eval_samples, [r for r in rows for _ in range(args.eval_samples)]
-    out = generate(model, tok, todo, args.rollout_batch_size, args.eval_max_new_tokens or args.max_new_tokens, stop_ids, generator,
-                   temperature=args.eval_temperature, top_k=args.eval_top_k, top_p=args.eval_top_p)
-    correct = [math_reward(t, r["answer"]) for t, r in zip(decode(tok, out), todo)]
-    c = torch.tensor(correct).view(len(rows), n).sum(1).tolist()  # correct samples per problem
-    ks = sorted({2**j for j in range(n.bit_length()) if 2**j <= n} | {n})
-    return {f"pass@{k}": sum(pass_at_k(n, ci, k) for ci in c) / len(c) for k in ks}
-
-
 def main(args: Args) -> dict:
     validate(args)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CUDA_VISIBLE_DEVICES= forces the CPU
     path = args.model_name_or_path or build_toy_base(args)
     random.seed(args.seed)  # after the toy build, which seeds itself: a cached and a fresh toy give the same run
     torch.manual_seed(args.seed)
@@ -449,10 +412,9 @@ def main(args: Args) -> dict:
     tok.pad_token = tok.pad_token or tok.eos_token  # Llama has none; masks, not pad ids, mark the padding here
     if args.dataset is None:
         train_raw, eval_raw = toy_splits(args)
-    else:
-        train_raw = load_rows(args.dataset, "--dataset", args)
-        eval_raw = load_rows(args.eval_dataset, "--eval-dataset", args) if args.eval_dataset else train_raw[-args.eval_problems:]
-        train_raw = train_raw if args.eval_dataset or len(train_raw) <= args.eval_problems else train_raw[: -args.eval_problems]
+    else:  # without --eval-dataset the last eval_problems rows are held out (if any rows remain for training)
+        rows, n = load_rows(args.dataset, "--dataset", args), args.eval_problems
+        train_raw, eval_raw = (rows, load_rows(args.eval_dataset, "--eval-dataset", args)) if args.eval_dataset else (rows[:-n] or rows, rows[-n:])
     train_rows, skipped = render_prompts(tok, train_raw, args.max_prompt_length)
     eval_rows, eval_skipped = render_prompts(tok, eval_raw[: args.eval_problems], args.max_prompt_length)
     if not eval_rows or not (train_rows or args.eval_only):
@@ -461,7 +423,6 @@ def main(args: Args) -> dict:
     model = load()  # after the data checks: bad input fails before a large download
     eos = model.generation_config.eos_token_id  # int or list (Llama-3 instruct stops at <|eot_id|> too)
     stop_ids = torch.tensor(sorted({tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}), device=device)
-
     run_name = f"{os.path.basename(path.rstrip('/'))}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join(args.output_dir, run_name)
     if args.track:
@@ -472,18 +433,19 @@ def main(args: Args) -> dict:
     print(f"{run_name}: {len(train_rows)} train / {len(eval_rows)} eval prompts, {skipped + eval_skipped} skipped as too long")
     generator = torch.Generator(device).manual_seed(args.seed)  # every sampling draw comes from here: reproducible rollouts
     summary = {"run_dir": run_dir, "skipped_prompts": skipped + eval_skipped}
-
     def run_eval(step: int) -> dict:
-        t0 = time.time()
-        res = evaluate(model.eval(), tok, eval_rows, args, stop_ids, generator)
+        """n samples per held-out problem with the eval sampling flags; Pass@1 (mean accuracy) and unbiased Pass@k."""
+        t0, n, todo = time.time(), args.eval_samples, [r for r in eval_rows for _ in range(args.eval_samples)]
+        out = generate(model.eval(), tok, todo, args.rollout_batch_size, args.eval_max_new_tokens or args.max_new_tokens, stop_ids,
+                       generator, temperature=args.eval_temperature, top_k=args.eval_top_k, top_p=args.eval_top_p)
+        c = torch.tensor([math_reward(t, r["answer"]) for t, r in zip(decode(tok, out), todo)]).view(-1, n).sum(1).tolist()  # [problems]
+        res = {f"pass@{k}": sum(pass_at_k(n, ci, k) for ci in c) / len(c) for k in sorted({2**j for j in range(n.bit_length())} | {n})}
         [writer.add_scalar(f"eval/{k}", v, step) for k, v in res.items()]
         tqdm.write(f"eval step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in res.items()))
-        os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, f"eval_step{step}.json"), "w") as f:
             json.dump({"run": run_name, "step": step, "model": path, "n": args.eval_samples, "problems": len(eval_rows), "time": time.time() - t0,
                        "temperature": args.eval_temperature, "top_k": args.eval_top_k, "top_p": args.eval_top_p, **res}, f, indent=1)
         return res
-
     summary["eval_before"] = run_eval(0)
     if args.eval_only:
         return summary

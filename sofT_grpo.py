@@ -15,6 +15,7 @@ import math
 import os
 import random
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -304,6 +305,8 @@ def save_pretrained_atomic(model, tok, path: str):
     tmp = f"{path}.tmp{os.getpid()}"
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    if os.path.exists(path):  # a parallel run saved the same deterministic toy model first: keep that copy
+        return shutil.rmtree(tmp)
     os.replace(tmp, path)
 
 

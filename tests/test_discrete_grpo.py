@@ -99,7 +99,13 @@ def test_pass_at_k_against_enumeration():
 
 
 # ---- reward ----------------------------------------------------------------------------------------------
+def test_last_boxed():
+    assert dg.last_boxed("a \\boxed{x^{2}} b \\fbox{\\frac{1}{2}} c") == "\\frac{1}{2}"
+    assert dg.last_boxed("the answer is 4") is None and dg.last_boxed("\\boxed{4") is None and dg.last_boxed("{4}") is None
+
+
 @pytest.mark.parametrize("completion,answer,expected", [
+    ("no box here 4", "no box here 4", 0.0),
     ("so \\boxed{\\frac{1}{2}}", "\\frac12", 1.0),  # nested braces + \frac12
     ("\\boxed{\\dfrac{3}{4}}", "\\frac{3}{4}", 1.0),
     ("\\boxed{3/4}", "\\frac{3}{4}", 1.0),
@@ -162,7 +168,7 @@ def test_real_path_all_formats(tmp_path):
     model_dir = tmp_path / "model"
     tiny_model_dir(model_dir)
     rows = [{"question": f"What is {i}+{i}?", "answer": f"Half of it ... #### {2 * i}"} for i in range(6)]
-    rows.append({"question": "Long " * 300, "answer": "#### 1"})  # longer than --max-prompt-length: skipped, counted
+    rows.insert(0, {"question": "Long " * 300, "answer": "#### 1"})  # longer than --max-prompt-length: skipped, counted
     import pyarrow as pa
     import pyarrow.parquet as pq
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
@@ -188,8 +194,13 @@ def test_toy_run_updates_every_parameter_and_is_deterministic(tmp_path, cache, m
     # a 30-step SFT model is rarely right, so the reward is replaced by one that always varies within a group:
     # this test covers the update path; the reward itself is tested above
     monkeypatch.setattr(dg, "math_reward", lambda completion, answer: float(len(completion) % 2))
+    calls, loss_fn = [], dg.grpo_loss
+    monkeypatch.setattr(dg, "grpo_loss", lambda logp, logp_old, *a, **k: calls.append((logp - logp_old).abs().max().item()) or loss_fn(logp, logp_old, *a, **k))
     args = dg.Args(**TINY, toy_cache_dir=cache, output_dir=str(tmp_path))
-    s1, s2 = dg.main(args), dg.main(args)
+    s1, s2 = dg.main(args), dg.main(dg.replace(args, output_dir=str(tmp_path / "again")))  # run names have 1 s resolution
+    per_step = len(calls) // (2 * args.total_steps)  # micro-batches per rollout step
+    assert all(calls[i] == 0.0 for i in range(0, len(calls), per_step))  # first micro-batch of each step: ratio exactly 1
+    assert max(calls) > 0  # the second mini-batch is off-policy
     assert torch.isfinite(torch.tensor(s1["loss"])) and s1["frac_reward_zero_std"] < 1
     for k in ("loss", "reward", "kl", "entropy", "eval_after"):
         assert s1[k] == s2[k], k  # same seed, same numbers on CPU
@@ -209,7 +220,9 @@ def test_toy_base_is_cached_and_deterministic(tmp_path, cache):
     assert all(torch.equal(a[k], b[k]) for k in a)
     train, held_out = dg.toy_splits(args)
     assert not {r["problem"] for r in train} & {r["problem"] for r in held_out}
-    assert all(dg.math_reward(r["solution"], r["answer"]) == 1.0 for r in held_out[:50])
+    right = [dg.math_reward(r["solution"], r["answer"]) for r in dg.toy_splits(dg.Args(toy_teacher_slip=0.5))[0]]
+    assert 0.45 < 1 - sum(right) / len(right) < 0.55  # the sloppy teacher's slip rate (its boxes are otherwise right)
+    assert all(dg.math_reward(r["solution"], r["answer"]) == 1.0 for r in dg.toy_splits(dg.Args(toy_teacher_slip=0.0))[0])
 
 
 # ---- CLI: presets, --help, bad input ------------------------------------------------------------------
@@ -261,3 +274,10 @@ def test_command_line_bad_input_no_traceback():
     r = subprocess.run([sys.executable, os.path.join(REPO, "discrete_grpo.py"), "--group-size", "1"], capture_output=True, text=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.startswith("error: --group-size")
+
+
+def test_non_finite_loss_stops_with_a_message(tmp_path, cache, monkeypatch):
+    monkeypatch.setattr(dg, "grpo_loss", lambda logp, *a, **k: (logp.sum() * float("nan"), {}))
+    with pytest.raises(SystemExit) as e:
+        dg.main(dg.Args(**{**TINY, "total_steps": 1}, toy_cache_dir=cache, output_dir=str(tmp_path)))
+    assert "non-finite loss at step 1" in str(e.value.code)
