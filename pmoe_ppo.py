@@ -13,6 +13,7 @@ UNVERIFIED in the paper; we follow the co-author's pmoe_ppo.py (docs/pmoe_ppo.md
 and every expert also get the PPO gradient), router Linear(obs, K), loss pg + vf*v + q + route; no Q-net for K=1.
 Evaluation: expert z = argmax_k w_k(s) (--eval-expert sample draws z ~ w, as rlkit does); action = mean of expert z.
 """
+
 import os
 import random
 import sys
@@ -133,7 +134,9 @@ def validate(args):
     except Exception as e:
         fail(f"--env-id {args.env_id!r} cannot be made ({type(e).__name__}): use a gymnasium id such as HalfCheetah-v5")
     if not isinstance(action_space, gym.spaces.Box):
-        fail(f"--env-id {args.env_id} has a {type(action_space).__name__} action space: PMOE-PPO needs a continuous Box")
+        fail(
+            f"--env-id {args.env_id} has a {type(action_space).__name__} action space: PMOE-PPO needs a continuous Box"
+        )
 
 
 def make_env(env_id, gamma):
@@ -158,6 +161,11 @@ def find_wrapper(env, wrapper_class):  # each sub-env holds its own normalisers:
     return env
 
 
+def running_stats(rms):
+    """A RunningMeanStd as plain tensors, so the checkpoint loads with torch.load(weights_only=True)."""
+    return {"mean": torch.tensor(rms.mean), "var": torch.tensor(rms.var), "count": torch.tensor(rms.count)}
+
+
 # ALGO LOGIC: initialize agent here:
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
@@ -170,16 +178,26 @@ class Agent(nn.Module):
         super().__init__()
         obs_dim = int(np.prod(envs.single_observation_space.shape))
         self.num_experts, self.act_dim = num_experts, int(np.prod(envs.single_action_space.shape))
-        self.critic = nn.Sequential(layer_init(nn.Linear(obs_dim, 64)), nn.Tanh(), layer_init(nn.Linear(64, 64)),
-                                    nn.Tanh(), layer_init(nn.Linear(64, 1), std=1.0))
+        self.critic = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, 1), std=1.0),
+        )
         self.actor_mean = nn.Sequential(  # all K expert means from one head: [B, K*A]
-            layer_init(nn.Linear(obs_dim, 64)), nn.Tanh(), layer_init(nn.Linear(64, 64)), nn.Tanh(),
-            layer_init(nn.Linear(64, num_experts * self.act_dim), std=0.01))
+            layer_init(nn.Linear(obs_dim, 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, num_experts * self.act_dim), std=0.01),
+        )
         self.actor_logstd = nn.Parameter(torch.zeros(1, num_experts * self.act_dim))  # one per expert and dim
         self.router = layer_init(nn.Linear(obs_dim, num_experts), std=0.01)  # w(s) starts ~uniform (co-author: default)
         if use_routing:  # Q(s, a) exists only to label the best expert for the routing loss
-            self.q_net = nn.Sequential(nn.Linear(obs_dim + self.act_dim, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
-                                       nn.Linear(64, 1))
+            self.q_net = nn.Sequential(
+                nn.Linear(obs_dim + self.act_dim, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1)
+            )
 
     def get_value(self, x):
         return self.critic(x)
@@ -237,18 +255,25 @@ def evaluate(model_path, eval_episodes, eval_expert, device, seed, writer=None):
     ckpt = torch.load(model_path, map_location="cpu", weights_only=True)  # load_state_dict copies to device
     saved = ckpt["args"]  # the env and the architecture come from the checkpoint, not from the CLI
     envs = gym.vector.SyncVectorEnv(
-        [make_env(saved["env_id"], saved["gamma"])], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        [make_env(saved["env_id"], saved["gamma"])], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
     obs_norm, stats = find_wrapper(envs.envs[0], gym.wrappers.NormalizeObservation), ckpt["obs_rms"][0]  # sub-env 0's
-    obs_norm.obs_rms.mean, obs_norm.obs_rms.var, obs_norm.obs_rms.count = (stats[k].numpy() for k in ("mean", "var", "count"))
+    obs_norm.obs_rms.mean, obs_norm.obs_rms.var, obs_norm.obs_rms.count = (
+        stats[k].numpy() for k in ("mean", "var", "count")
+    )
     obs_norm.update_running_mean = False  # gymnasium >= 1.0: freeze, the fix for CleanRL issues #425/#532
     find_wrapper(envs.envs[0], gym.wrappers.NormalizeReward).update_running_mean = False
-    agent = Agent(envs, saved["num_experts"], saved["gradient_estimator"] == "pmoe" and saved["num_experts"] > 1).to(device)
+    agent = Agent(envs, saved["num_experts"], saved["gradient_estimator"] == "pmoe" and saved["num_experts"] > 1).to(
+        device
+    )
     agent.load_state_dict(ckpt["model"])
     episodic_returns, (obs, _) = [], envs.reset(seed=seed)
     while len(episodic_returns) < eval_episodes:
         with torch.no_grad():
             mix_logits, expert_means, _ = agent.get_experts(torch.Tensor(obs).to(device))
-            expert = mix_logits.argmax(-1) if eval_expert == "argmax" else torch.multinomial(mix_logits.softmax(-1), 1)[:, 0]
+            expert = (
+                mix_logits.argmax(-1) if eval_expert == "argmax" else torch.multinomial(mix_logits.softmax(-1), 1)[:, 0]
+            )
             action = expert_means[torch.arange(len(expert), device=device), expert]  # [1, A], the chosen expert's mean
         obs, _, _, _, infos = envs.step(action.cpu().numpy())
         if "final_info" in infos and "_episode" in infos["final_info"]:
@@ -268,8 +293,15 @@ def main(args: Args) -> dict:
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if args.track:
         import wandb
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_name, save_code=True)
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            save_code=True,
+        )
     writer = SummaryWriter(f"runs/{run_name}")
     table = "\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
@@ -285,13 +317,16 @@ def main(args: Args) -> dict:
         return {"eval_return": float(np.mean(episodic_returns)), "eval_returns": episodic_returns}
     # env setup: SAME_STEP autoreset reproduces gymnasium 0.29 semantics (terminal info in infos["final_info"])
     envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, args.gamma) for i in range(args.num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+        [make_env(args.env_id, args.gamma) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     K = args.num_experts
     # K=1 or the mixture ablation train no Q-net and no routing loss: K=1 is then exactly CleanRL PPO
     use_routing = args.gradient_estimator == "pmoe" and K > 1
     agent = Agent(envs, K, use_routing).to(device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # fused: same math, faster
+    optimizer = torch.optim.Adam(
+        agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True
+    )  # fused: same math, faster
     ppo_params = [p for name, p in agent.named_parameters() if not name.startswith("q_net.")]
     # ALGO Logic: Storage setup
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape).to(device)
@@ -324,7 +359,8 @@ def main(args: Args) -> dict:
             next_done = np.logical_or(terminations, truncations)
             rewards[step] = torch.tensor(reward).to(device).view(-1)
             next_obs, next_done = torch.Tensor(next_obs).to(device), torch.Tensor(next_done).to(device)
-            # SAME_STEP: the ended episode's RecordEpisodeStatistics info is in infos["final_info"], masked by "_episode"
+            # SAME_STEP: the ended episode's RecordEpisodeStatistics info is in infos["final_info"],
+            # masked by "_episode"
             if "final_info" in infos and "_episode" in infos["final_info"]:
                 episodes_over, episode = np.nonzero(infos["final_info"]["_episode"])[0], infos["final_info"]["episode"]
                 for episodic_return, episodic_length in zip(episode["r"][episodes_over], episode["l"][episodes_over]):
@@ -336,7 +372,9 @@ def main(args: Args) -> dict:
         # bootstrap value if not done (CleanRL: truncations are treated as terminations)
         with torch.no_grad():
             next_value = agent.get_value(next_obs).reshape(-1)
-            advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
+            advantages, returns = compute_gae(
+                rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
+            )
 
         # flatten the batch
         b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
@@ -372,7 +410,9 @@ def main(args: Args) -> dict:
                 newvalue = newvalue.view(-1)
                 if args.clip_vloss:
                     v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-                    v_clipped = b_values[mb_inds] + torch.clamp(newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef)
+                    v_clipped = b_values[mb_inds] + torch.clamp(
+                        newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef
+                    )
                     v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
                     v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
                 else:
@@ -382,7 +422,9 @@ def main(args: Args) -> dict:
                 if use_routing:
                     mb_obs = b_obs[mb_inds]  # [M, O]
                     # Q(s, a) regressed onto the lambda-returns R = A_GAE + V_old (the co-author's "td_target")
-                    q_loss = F.mse_loss(agent.q_net(torch.cat([mb_obs, b_actions[mb_inds]], -1)).view(-1), b_returns[mb_inds])
+                    q_loss = F.mse_loss(
+                        agent.q_net(torch.cat([mb_obs, b_actions[mb_inds]], -1)).view(-1), b_returns[mb_inds]
+                    )
                     with torch.no_grad():  # one fresh sample per expert, scored by Q: [M, K, A] -> [M, K]
                         expert_actions = expert_means + expert_log_stds.exp() * torch.randn_like(expert_means)
                         expert_q = agent.q_net(torch.cat([mb_obs.unsqueeze(1).expand(-1, K, -1), expert_actions], -1))
@@ -409,26 +451,39 @@ def main(args: Args) -> dict:
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
         metrics = {
-            "charts/learning_rate": optimizer.param_groups[0]["lr"], "losses/value_loss": v_loss.item(),
-            "losses/policy_loss": pg_loss.item(), "losses/entropy": entropy_loss.item(),
-            "losses/old_approx_kl": old_approx_kl.item(), "losses/approx_kl": approx_kl.item(),
-            "losses/clipfrac": np.mean(clipfracs), "losses/explained_variance": float(explained_var),
-            "losses/q_loss": q_loss.item(), "losses/route_loss": route_loss.item(),
-            "charts/route_entropy": route_entropy.item(), "charts/SPS": int(global_step / (time.time() - start_time)),
+            "charts/learning_rate": optimizer.param_groups[0]["lr"],
+            "losses/value_loss": v_loss.item(),
+            "losses/policy_loss": pg_loss.item(),
+            "losses/entropy": entropy_loss.item(),
+            "losses/old_approx_kl": old_approx_kl.item(),
+            "losses/approx_kl": approx_kl.item(),
+            "losses/clipfrac": np.mean(clipfracs),
+            "losses/explained_variance": float(explained_var),
+            "losses/q_loss": q_loss.item(),
+            "losses/route_loss": route_loss.item(),
+            "charts/route_entropy": route_entropy.item(),
+            "charts/SPS": int(global_step / (time.time() - start_time)),
             **{f"charts/expert_usage_{k}": usage for k, usage in enumerate(expert_usage.tolist())},
         }
         for name, value in metrics.items():
             writer.add_scalar(name, value, global_step)
         print("SPS:", metrics["charts/SPS"])
 
-    summary = dict(metrics, global_step=global_step, episodes=len(episode_returns), sps=metrics["charts/SPS"],
-                   final_return=float(np.mean(episode_returns[-10:])) if episode_returns else float("nan"))
+    summary = dict(
+        metrics,
+        global_step=global_step,
+        episodes=len(episode_returns),
+        sps=metrics["charts/SPS"],
+        final_return=float(np.mean(episode_returns[-10:])) if episode_returns else float("nan"),
+    )
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
-        stats = lambda r: {"mean": torch.tensor(r.mean), "var": torch.tensor(r.var), "count": torch.tensor(r.count)}
         checkpoint = {  # plain tensors and python scalars: loadable with torch.load(weights_only=True)
-            "model": agent.state_dict(), "args": vars(args),
-            "obs_rms": [stats(find_wrapper(env, gym.wrappers.NormalizeObservation).obs_rms) for env in envs.envs],
+            "model": agent.state_dict(),
+            "args": vars(args),
+            "obs_rms": [
+                running_stats(find_wrapper(env, gym.wrappers.NormalizeObservation).obs_rms) for env in envs.envs
+            ],
         }
         torch.save(checkpoint, model_path + ".tmp")
         os.replace(model_path + ".tmp", model_path)  # atomic: a crash never leaves a half-written model

@@ -9,6 +9,7 @@ The diff: a mixture of K tanh-Gaussian experts, routed from detached trunk featu
 sample per expert with min(Q1, Q2), trains the best expert k* only and regresses the routing weights onto one_hot(k*)
 ("frequency approximate gradient"); --gradient-estimator gumbel|reinforce baselines; gymnasium 1.x; save and eval.
 """
+
 import copy
 import math
 import os
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 import torch.optim as optim
 import tyro
 from torch.utils.tensorboard import SummaryWriter
+
 
 @dataclass
 class Args:
@@ -93,22 +95,29 @@ class Args:
     eval_expert: Literal["sample", "argmax_w", "argmax_q"] = "sample"
     """expert whose mean acts at evaluation: sampled from w (official code), argmax w, or argmax min-Q"""
 
+
 def make_env(env_id, seed):  # CleanRL's capture_video is left out: RecordVideo needs moviepy, not in requirements.txt
     def thunk():
         env = gym.make(env_id)
         env = gym.wrappers.RecordEpisodeStatistics(env)  # per sub-env: correct under any autoreset mode
         env.action_space.seed(seed)
         return env
+
     return thunk
+
 
 def validate(args):
     """Bad input: one line on stderr naming the flag and the fix, exit code 2, no traceback."""
+
     def check(ok, flag, fix):
         if not ok:
             print(f"error: {flag}: {fix}", file=sys.stderr)
             raise SystemExit(2)
+
     if args.model_path is not None:
-        return check(os.path.isfile(args.model_path), "--model-path", f"no file {args.model_path!r}; use a --save-model file")
+        return check(
+            os.path.isfile(args.model_path), "--model-path", f"no file {args.model_path!r}; use a --save-model file"
+        )
     check(args.num_experts >= 1, "--num-experts", f"got {args.num_experts}; use 1 (plain SAC) or more")
     check(args.batch_size <= args.buffer_size, "--batch-size", f"{args.batch_size} > --buffer-size; lower it")
     check(args.learning_starts <= args.total_timesteps, "--learning-starts", "is above --total-timesteps; lower it")
@@ -117,10 +126,16 @@ def validate(args):
     except (gym.error.Error, ImportError) as e:  # unknown name, version or namespace
         check(False, "--env-id", f"cannot make {args.env_id!r} ({str(e).splitlines()[0]}); try HalfCheetah-v5")
     env.close()
-    check(isinstance(env.action_space, gym.spaces.Box), "--env-id", f"{args.env_id}'s actions are discrete; SAC needs a Box")
+    check(
+        isinstance(env.action_space, gym.spaces.Box),
+        "--env-id",
+        f"{args.env_id}'s actions are discrete; SAC needs a Box",
+    )
+
 
 class ReplayBuffer:
     """Uniform replay on numpy ring buffers (CleanRL imports SB3's 600-line buffer; this keeps one file)."""
+
     def __init__(self, buffer_size, obs_dim, act_dim, device):
         dims = dict(observations=obs_dim, next_observations=obs_dim, actions=act_dim, rewards=1, dones=1)
         self.data = {key: np.zeros((buffer_size, dim), np.float32) for key, dim in dims.items()}
@@ -140,6 +155,7 @@ class ReplayBuffer:
         idx = np.random.randint(0, self.size, size=batch_size)
         return SimpleNamespace(**{key: torch.as_tensor(x[idx], device=self.device) for key, x in self.data.items()})
 
+
 # ALGO LOGIC: initialize agent here:
 class SoftQNetwork(nn.Module):
     def __init__(self, env, hidden_dim=256):
@@ -151,6 +167,7 @@ class SoftQNetwork(nn.Module):
 
     def forward(self, x, a):
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(torch.cat([x, a], 1))))))
+
 
 class Actor(nn.Module):
     def __init__(self, env, num_experts=4, hidden_dim=256):
@@ -168,7 +185,9 @@ class Actor(nn.Module):
     def forward(self, x):
         """x [B, O] -> mixing logits [B, K], expert means [B, K, A], expert log-stds [B, K, A]."""
         h = F.relu(self.fc2(F.relu(self.fc1(x))))  # [B, H]
-        log_std = -5 + 3.5 * (torch.tanh(self.fc_logstd(h)).view(-1, self.K, self.act_dim) + 1)  # in [-5, 2], as CleanRL
+        log_std = -5 + 3.5 * (
+            torch.tanh(self.fc_logstd(h)).view(-1, self.K, self.act_dim) + 1
+        )  # in [-5, 2], as CleanRL
         # h.detach() as in the official code: the routing loss trains the routing head only, never the shared trunk
         return self.fc_route(h.detach()), self.fc_mean(h).view(-1, self.K, self.act_dim), log_std
 
@@ -181,33 +200,42 @@ class Actor(nn.Module):
         z = sample_expert(mix_logits)
         mean_z, log_std_z = pick(mean, z), pick(log_std, z)  # [B, A]
         u = mean_z + log_std_z.exp() * torch.randn_like(mean_z)  # for reparameterization trick (mean + std * N(0,1))
-        log_prob = (mixture_log_prob(u, mix_logits, mean, log_std, self.action_scale) if mixture_logp
-                    else tanh_gaussian_log_prob(u, mean_z, log_std_z, self.action_scale))  # [B]
+        log_prob = (
+            mixture_log_prob(u, mix_logits, mean, log_std, self.action_scale)
+            if mixture_logp
+            else tanh_gaussian_log_prob(u, mean_z, log_std_z, self.action_scale)
+        )  # [B]
         return self.squash(u), log_prob, self.squash(mean_z), z
+
 
 def pick(x, idx):
     """Row-wise gather: x [B, K, ...], idx [B] -> x[b, idx[b]] of shape [B, ...]."""
     return x[torch.arange(x.shape[0], device=x.device), idx]
 
+
 def sample_expert(mix_logits):
     """z ~ Cat(softmax(mix_logits)), [B, K] -> [B], by Gumbel-max: no validation sync, no raise on NaN (see main)."""
     return (mix_logits - torch.empty_like(mix_logits).exponential_().log()).argmax(-1)
+
 
 def tanh_gaussian_log_prob(u, mean, log_std, action_scale):
     """log pi_k(a|s) of a = scale * tanh(u) + bias, u ~ N(mean, exp(log_std)^2): [..., A] -> [...] (CleanRL's +1e-6)."""
     log_normal = -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
     return (log_normal - torch.log(action_scale * (1 - torch.tanh(u).pow(2)) + 1e-6)).sum(-1)
 
+
 def mixture_log_prob(u, mix_logits, mean, log_std, action_scale):
     """log sum_k w_k pi_k(a|s) of a = squash(u): u [..., A], mix_logits [..., K], mean, log_std [..., K, A] -> [...]."""
     log_probs = tanh_gaussian_log_prob(u.unsqueeze(-2), mean, log_std, action_scale)  # [..., K]
     return torch.logsumexp(F.log_softmax(mix_logits, -1) + log_probs, -1)
+
 
 def min_q(qf1, qf2, obs, actions):
     """min(Q1, Q2) of K actions per state, one batched pass over B*K rows: obs [B, O], actions [B, K, A] -> [B, K]."""
     B, K, A = actions.shape
     obs_k = obs.unsqueeze(1).expand(B, K, obs.shape[-1]).reshape(B * K, -1)  # [B*K, O]
     return torch.min(qf1(obs_k, actions.reshape(B * K, A)), qf2(obs_k, actions.reshape(B * K, A))).view(B, K)
+
 
 def actor_losses(actor, qf1, qf2, obs, alpha, args):
     """actor_loss, route_loss, the chosen action's log-prob [B] (detached, for alpha) and the chosen expert [B]."""
@@ -236,11 +264,14 @@ def actor_losses(actor, qf1, qf2, obs, alpha, args):
             u = pick(u_all, k)
             log_pi = mixture_log_prob(u, mix_logits, mean, log_std, actor.action_scale)
             with torch.no_grad():  # soft value of every expert's sample; their mean over K is the baseline
-                lp_all = mixture_log_prob(u_all, mix_logits[:, None], mean[:, None], log_std[:, None], actor.action_scale)
+                lp_all = mixture_log_prob(
+                    u_all, mix_logits[:, None], mean[:, None], log_std[:, None], actor.action_scale
+                )
                 v_all = q_all - alpha * lp_all  # [B, K]
             route_loss = -(pick(F.log_softmax(mix_logits, -1), k) * (pick(v_all, k) - v_all.mean(-1))).mean()
     q = min_q(qf1, qf2, obs, actor.squash(u).unsqueeze(1)).squeeze(1)  # [B], pathwise through the chosen action
     return (alpha * log_pi - q).mean(), route_loss, log_pi.detach(), k
+
 
 @torch.no_grad()
 def evaluate(actor, qf1, qf2, env_id, eval_episodes, seed, eval_expert, device):
@@ -258,6 +289,7 @@ def evaluate(actor, qf1, qf2, env_id, eval_episodes, seed, eval_expert, device):
             returns[-1], done = returns[-1] + float(reward), termination or truncation
     env.close()
     return returns
+
 
 def main(args: Args) -> dict:
     validate(args)
@@ -281,14 +313,24 @@ def main(args: Args) -> dict:
         return {"eval_return": float(np.mean(returns)), "eval_returns": returns}
     if args.track:  # wandb lazily; no monitor_gym, which is broken with gymnasium >= 1.0 (wandb#11193)
         import wandb
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_name, save_code=True)
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            save_code=True,
+        )
     writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    writer.add_text(
+        "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+    )
 
     # env setup: SAME_STEP resets a sub-env inside the step that ends its episode (gymnasium 0.29 semantics)
     envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+        [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     actor = Actor(envs, args.num_experts, args.hidden_dim).to(device)
     qf1, qf2 = SoftQNetwork(envs, args.hidden_dim).to(device), SoftQNetwork(envs, args.hidden_dim).to(device)
@@ -306,9 +348,18 @@ def main(args: Args) -> dict:
     else:
         alpha = torch.tensor(args.alpha, device=device)
     mixture_logp = args.gradient_estimator != "pmoe"  # the baselines use the mixture density, pmoe the expert's own
-    rb = ReplayBuffer(args.buffer_size, envs.single_observation_space.shape[0], envs.single_action_space.shape[0], device)
+    rb = ReplayBuffer(
+        args.buffer_size, envs.single_observation_space.shape[0], envs.single_action_space.shape[0], device
+    )
     usage = torch.zeros(args.num_experts, device=device)  # how often each expert acted since the last log
-    episodic_returns, qf_loss, actor_loss, route_loss, alpha_loss, k_star = [], None, None, None, None, torch.zeros(0).long()
+    episodic_returns, qf_loss, actor_loss, route_loss, alpha_loss, k_star = (
+        [],
+        None,
+        None,
+        None,
+        None,
+        torch.zeros(0).long(),
+    )
     start_time = learn_start_time = time.time()
 
     # TRY NOT TO MODIFY: start the game
@@ -358,7 +409,9 @@ def main(args: Args) -> dict:
 
             if global_step % args.policy_frequency == 0:  # TD 3 Delayed update support
                 for _ in range(args.policy_frequency):  # compensate for the delay by doing 'policy_frequency' updates
-                    actor_loss, route_loss, log_pi, k_star = actor_losses(actor, qf1, qf2, data.observations, alpha, args)
+                    actor_loss, route_loss, log_pi, k_star = actor_losses(
+                        actor, qf1, qf2, data.observations, alpha, args
+                    )
                     actor_optimizer.zero_grad()
                     # inputs=: autograd skips the critics' weight gradients, which the actor step never uses
                     (actor_loss + args.route_coef * route_loss).backward(inputs=list(actor.parameters()))
@@ -374,19 +427,33 @@ def main(args: Args) -> dict:
                     target_param.data.lerp_(param.data, args.tau)  # tau * param + (1 - tau) * target
 
             if global_step % 100 == 0:  # the loop's only host syncs (.item(), .tolist()) happen here
-                stats = dict(qf1_values=qf1_a_values.mean(), qf2_values=qf2_a_values.mean(), qf1_loss=qf1_loss,
-                             qf2_loss=qf2_loss, qf_loss=qf_loss / 2.0, actor_loss=actor_loss, route_loss=route_loss,
-                             alpha=alpha, alpha_loss=alpha_loss)
+                stats = dict(
+                    qf1_values=qf1_a_values.mean(),
+                    qf2_values=qf2_a_values.mean(),
+                    qf1_loss=qf1_loss,
+                    qf2_loss=qf2_loss,
+                    qf_loss=qf_loss / 2.0,
+                    actor_loss=actor_loss,
+                    route_loss=route_loss,
+                    alpha=alpha,
+                    alpha_loss=alpha_loss,
+                )
                 stats = {key: value.item() for key, value in stats.items() if value is not None}
                 if not all(math.isfinite(value) for value in stats.values()):
-                    raise SystemExit(f"error: non-finite loss at global_step={global_step} ({stats}): the run diverged; "
-                                     "lower --q-lr / --policy-lr or try another --seed")
+                    raise SystemExit(
+                        f"error: non-finite loss at global_step={global_step} ({stats}): the run diverged; "
+                        "lower --q-lr / --policy-lr or try another --seed"
+                    )
                 for key, value in stats.items():
                     writer.add_scalar(f"losses/{key}", value, global_step)
                 w = F.softmax(actor(data.observations)[0], -1).detach()  # [B, K]
-                writer.add_scalar("charts/route_entropy", -(w * w.clamp_min(1e-12).log()).sum(-1).mean().item(), global_step)
+                writer.add_scalar(
+                    "charts/route_entropy", -(w * w.clamp_min(1e-12).log()).sum(-1).mean().item(), global_step
+                )
                 usage_frac = (usage / usage.sum().clamp_min(1)).tolist()  # the experts that acted since the last log
-                best_frac = (torch.bincount(k_star, minlength=args.num_experts) / max(len(k_star), 1)).tolist()  # k* histogram
+                best_frac = (
+                    torch.bincount(k_star, minlength=args.num_experts) / max(len(k_star), 1)
+                ).tolist()  # k* histogram
                 for k in range(args.num_experts):
                     writer.add_scalar(f"charts/expert_usage_{k}", usage_frac[k], global_step)
                     writer.add_scalar(f"charts/best_expert_frac_{k}", best_frac[k], global_step)
@@ -410,11 +477,16 @@ def main(args: Args) -> dict:
         print(f"eval_episode={idx}, episodic_return={episodic_return:.1f} ({args.eval_expert} expert)")
     writer.close()
     last = dict(qf_loss=qf_loss, actor_loss=actor_loss, route_loss=route_loss, alpha=alpha)
-    return dict(final_return=float(np.mean(episodic_returns[-10:])) if episodic_returns else None,  # last 10 episodes
-                episodes=len(episodic_returns), eval_return=float(np.mean(eval_returns)) if eval_returns else None,
-                sps=args.total_timesteps / (end_time - start_time), model_path=model_path,
-                sps_after_learning_starts=(args.total_timesteps - args.learning_starts) / (end_time - learn_start_time),
-                **{name: None if value is None else value.item() for name, value in last.items()})
+    return dict(
+        final_return=float(np.mean(episodic_returns[-10:])) if episodic_returns else None,  # last 10 episodes
+        episodes=len(episodic_returns),
+        eval_return=float(np.mean(eval_returns)) if eval_returns else None,
+        sps=args.total_timesteps / (end_time - start_time),
+        model_path=model_path,
+        sps_after_learning_starts=(args.total_timesteps - args.learning_starts) / (end_time - learn_start_time),
+        **{name: None if value is None else value.item() for name, value in last.items()},
+    )
+
 
 if __name__ == "__main__":
     main(tyro.cli(Args))

@@ -6,6 +6,7 @@ any other scalar keys (run, model, n, problems, temperature, ...) become columns
     python benchmarks/grpo_report.py runs/A runs/B --last       # before/after only: first and last step per run
     python benchmarks/grpo_report.py runs/ --columns run step temperature --delta
 """
+
 import argparse
 import glob
 import json
@@ -13,7 +14,9 @@ import os
 
 
 def load_evals(paths: list) -> list:
-    """Every eval_step*.json under the given folders (searched recursively) or given directly, sorted by run and step."""
+    """Every eval_step*.json under the given folders (searched recursively) or given directly.
+
+    Sorted by run and step."""
     files = []
     for p in paths:
         files += [p] if os.path.isfile(p) else glob.glob(os.path.join(p, "**", "eval_step*.json"), recursive=True)
@@ -37,7 +40,11 @@ def markdown_table(records: list, columns: list, delta: bool = False) -> str:
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(columns + keys) + " |", "|" + "---|" * (len(columns) + len(keys))]
     for r in records:
-        lines.append("| " + " | ".join([fmt(r.get(c, "")) for c in columns] + [f"{100 * r[k]:.1f}" if k in r else "" for k in keys]) + " |")
+        lines.append(
+            "| "
+            + " | ".join([fmt(r.get(c, "")) for c in columns] + [f"{100 * r[k]:.1f}" if k in r else "" for k in keys])
+            + " |"
+        )
     if delta:
         runs = {}
         for r in records:
@@ -54,7 +61,9 @@ def markdown_table(records: list, columns: list, delta: bool = False) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", help="run folders (searched recursively) or eval JSON files")
-    parser.add_argument("--columns", nargs="+", default=["run", "step", "n", "problems", "temperature"], help="non-Pass@k columns")
+    parser.add_argument(
+        "--columns", nargs="+", default=["run", "step", "n", "problems", "temperature"], help="non-Pass@k columns"
+    )
     parser.add_argument("--last", action="store_true", help="keep only the first and last evaluation of each run")
     parser.add_argument("--delta", action="store_true", help="add a last-minus-first row per run (percentage points)")
     args = parser.parse_args()

@@ -7,6 +7,7 @@ Per run and per group it reports the last-N-episode mean of `charts/episodic_ret
 
   python benchmarks/rl_report.py benchmarks/runs --match pmoe_sac_ --last-n 10 --png benchmarks/curves.png
 """
+
 import argparse
 import os
 import re
@@ -41,8 +42,10 @@ def load_scalars(directory):
     """{tag: (steps [N], values [N])} of every scalar in the run (all event files of the directory)."""
     acc = EventAccumulator(directory, size_guidance={"scalars": 0})  # 0 = keep every point
     acc.Reload()
-    return {tag: (np.array([e.step for e in acc.Scalars(tag)]), np.array([e.value for e in acc.Scalars(tag)]))
-            for tag in acc.Tags()["scalars"]}
+    return {
+        tag: (np.array([e.step for e in acc.Scalars(tag)]), np.array([e.value for e in acc.Scalars(tag)]))
+        for tag in acc.Tags()["scalars"]
+    }
 
 
 def summarise(scalars, last_n):
@@ -69,16 +72,26 @@ def fmt(values):
 
 
 def markdown(rows, groups, last_n):
-    out = [f"| group | runs | steps | final return (last {last_n} ep.) | eval return | SPS |", "|---|---|---|---|---|---|"]
+    out = [
+        f"| group | runs | steps | final return (last {last_n} ep.) | eval return | SPS |",
+        "|---|---|---|---|---|---|",
+    ]
     for group, names in sorted(groups.items()):
         r = [rows[n] for n in names]
-        out.append(f"| {group} | {len(r)} | {max(x['steps'] for x in r)} | {fmt([x['final'] for x in r])} "
-                   f"| {fmt([x['eval'] for x in r])} | {fmt([x['sps'] for x in r])} |")
-    out += ["", f"| run | steps | episodes | final return (last {last_n} ep.) | eval return (episodes) | SPS (tag) |",
-            "|---|---|---|---|---|---|"]
+        out.append(
+            f"| {group} | {len(r)} | {max(x['steps'] for x in r)} | {fmt([x['final'] for x in r])} "
+            f"| {fmt([x['eval'] for x in r])} | {fmt([x['sps'] for x in r])} |"
+        )
+    out += [
+        "",
+        f"| run | steps | episodes | final return (last {last_n} ep.) | eval return (episodes) | SPS (tag) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, x in sorted(rows.items()):
-        out.append(f"| {name} | {x['steps']} | {x['episodes']} | {x['final']:.1f} | {x['eval']:.1f} ({x['eval_n']}) "
-                   f"| {x['sps']:.0f} ({x['sps_tag']}) |")
+        out.append(
+            f"| {name} | {x['steps']} | {x['episodes']} | {x['final']:.1f} | {x['eval']:.1f} ({x['eval_n']}) "
+            f"| {x['sps']:.0f} ({x['sps_tag']}) |"
+        )
     return "\n".join(out)
 
 
@@ -95,7 +108,9 @@ def plot(curves, groups, last_n, path):
             steps, returns = curves[name]
             if len(returns) == 0:
                 continue
-            smooth = np.convolve(returns, np.ones(last_n), "full")[: len(returns)] / np.minimum(np.arange(1, len(returns) + 1), last_n)
+            smooth = np.convolve(returns, np.ones(last_n), "full")[: len(returns)] / np.minimum(
+                np.arange(1, len(returns) + 1), last_n
+            )
             ax.plot(steps, smooth, color=f"C{color % 10}", label=group if i == 0 else None, alpha=0.9)
     ax.set_xlabel("global_step")
     ax.set_ylabel(f"{RETURN} (mean of last {last_n} episodes)")
@@ -113,7 +128,9 @@ def main(argv=None):
     parser.add_argument("--png", default=None, help="learning-curve image path (default: RUNS_DIR/learning_curves.png)")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.runs_dir):
-        print(f"error: runs_dir: {args.runs_dir!r} is not a directory; pass the folder holding the runs", file=sys.stderr)
+        print(
+            f"error: runs_dir: {args.runs_dir!r} is not a directory; pass the folder holding the runs", file=sys.stderr
+        )
         raise SystemExit(2)
     runs = find_runs(args.runs_dir, args.match)
     if not runs:

@@ -1,4 +1,5 @@
 """Shared pytest settings: every test runs offline, on CPU, with the repo root importable."""
+
 import os
 import sys
 

@@ -1,5 +1,6 @@
 """Tests for pmoe_ppo.py: math helpers against independent references, a short real training run
 (every parameter moves, losses finite), frozen-statistics evaluation, CPU determinism and bad-input exits."""
+
 import dataclasses
 import math
 import os
@@ -53,8 +54,11 @@ def test_compute_gae_matches_python_loop_with_episode_boundaries():
     next_value, next_done = torch.randn(N, generator=g), torch.tensor([0.0, 1.0, 0.0])
     assert dones.sum() > 3  # the data really contains boundaries
     advantages, returns = pmoe_ppo.compute_gae(rewards, values, dones, next_value, next_done, 0.99, 0.95)
-    expected = torch.tensor(reference_gae(rewards.tolist(), values.tolist(), dones.tolist(), next_value.tolist(),
-                                          next_done.tolist(), 0.99, 0.95))
+    expected = torch.tensor(
+        reference_gae(
+            rewards.tolist(), values.tolist(), dones.tolist(), next_value.tolist(), next_done.tolist(), 0.99, 0.95
+        )
+    )
     torch.testing.assert_close(advantages, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(returns, expected + values, rtol=1e-5, atol=1e-5)
 
@@ -80,8 +84,12 @@ def test_mixture_log_prob_finite_for_far_17d_actions():
     log_stds = torch.full((B, K, A), -2.0)
     action = torch.full((B, A), 30.0)  # hundreds of sigmas away from every expert
     ours = pmoe_ppo.mixture_log_prob(action, mix_logits, means, log_stds)
-    naive = torch.log((mix_logits.softmax(-1) * torch_mixture(mix_logits, means, log_stds).component_distribution
-                       .log_prob(action.unsqueeze(1)).exp()).sum(-1))
+    naive = torch.log(
+        (
+            mix_logits.softmax(-1)
+            * torch_mixture(mix_logits, means, log_stds).component_distribution.log_prob(action.unsqueeze(1)).exp()
+        ).sum(-1)
+    )
     assert torch.isneginf(naive).all()  # what log(w . exp(log N)) gives: the reason for logsumexp
     assert torch.isfinite(ours).all()
     ours.sum().backward()
@@ -91,7 +99,11 @@ def test_mixture_log_prob_finite_for_far_17d_actions():
 def test_k1_mixture_equals_single_gaussian_and_entropy():
     g = torch.Generator().manual_seed(3)
     B, A = 10, 17
-    mean, log_std, action = torch.randn(B, A, generator=g), torch.randn(B, A, generator=g), torch.randn(B, A, generator=g)
+    mean, log_std, action = (
+        torch.randn(B, A, generator=g),
+        torch.randn(B, A, generator=g),
+        torch.randn(B, A, generator=g),
+    )
     mix_logits = torch.randn(B, 1, generator=g)  # any logits: w = 1
     normal = Normal(mean, log_std.exp())
     ours = pmoe_ppo.mixture_log_prob(action, mix_logits, mean.unsqueeze(1), log_std.unsqueeze(1))
@@ -102,7 +114,11 @@ def test_k1_mixture_equals_single_gaussian_and_entropy():
 
 def test_entropy_bound_is_above_monte_carlo_mixture_entropy():
     g = torch.Generator().manual_seed(4)
-    mix_logits, means, log_stds = torch.randn(2, 3, generator=g), torch.randn(2, 3, 2, generator=g), torch.zeros(2, 3, 2)
+    mix_logits, means, log_stds = (
+        torch.randn(2, 3, generator=g),
+        torch.randn(2, 3, 2, generator=g),
+        torch.zeros(2, 3, 2),
+    )
     mixture = torch_mixture(mix_logits, means, log_stds)
     torch.manual_seed(0)
     mc_entropy = -mixture.log_prob(mixture.sample((20000,))).mean(0)  # [2]
@@ -162,7 +178,9 @@ def test_short_run_trains_every_parameter(trained):
 def test_mixture_ablation_trains_every_parameter_without_q_net(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     created = spy_agents(monkeypatch)
-    summary = pmoe_ppo.main(pmoe_ppo.Args(**{**TINY, "num_steps": 32, "total_timesteps": 64}, gradient_estimator="mixture"))
+    summary = pmoe_ppo.main(
+        pmoe_ppo.Args(**{**TINY, "num_steps": 32, "total_timesteps": 64}, gradient_estimator="mixture")
+    )
     agent, initial = created[0]
     assert not hasattr(agent, "q_net") and summary["losses/route_loss"] == 0.0
     assert [n for n, p in agent.named_parameters() if torch.equal(p.detach(), initial[n])] == []
@@ -200,26 +218,37 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
         pmoe_ppo.main(pmoe_ppo.Args(**{**TINY, "num_steps": 32, "total_timesteps": 32}))
 
 
-@pytest.mark.parametrize("overrides, flag", [
-    (dict(total_timesteps=10), "--total-timesteps"),
-    (dict(update_epochs=0), "--update-epochs"),
-    (dict(num_experts=0), "--num-experts"),
-])
+@pytest.mark.parametrize(
+    "overrides, flag",
+    [
+        (dict(total_timesteps=10), "--total-timesteps"),
+        (dict(update_epochs=0), "--update-epochs"),
+        (dict(num_experts=0), "--num-experts"),
+    ],
+)
 def test_bad_args_exit_2_in_process(overrides, flag, capsys):
     with pytest.raises(SystemExit) as exc:
         pmoe_ppo.main(dataclasses.replace(pmoe_ppo.Args(**TINY), **overrides))
     assert exc.value.code == 2 and flag in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["--env-id", "CartPole-v1"], "--env-id"),
-    (["--env-id", "NoSuchEnv-v0"], "--env-id"),
-    (["--num-minibatches", "7"], "--num-minibatches"),
-    (["--eval-only", "--model-path", "missing.cleanrl_model"], "--model-path"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--env-id", "CartPole-v1"], "--env-id"),
+        (["--env-id", "NoSuchEnv-v0"], "--env-id"),
+        (["--num-minibatches", "7"], "--num-minibatches"),
+        (["--eval-only", "--model-path", "missing.cleanrl_model"], "--model-path"),
+    ],
+)
 def test_bad_input_one_line_error_exit_2(argv, flag, tmp_path):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "pmoe_ppo.py"), *argv], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "pmoe_ppo.py"), *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {flag}") and "Traceback" not in proc.stderr

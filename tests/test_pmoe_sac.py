@@ -1,5 +1,6 @@
 """pmoe_sac.py: log-densities against torch.distributions, gradient routing, gymnasium 1.x terminal observations,
 real training for every estimator, determinism, bad input and the save/evaluate roundtrip."""
+
 import math
 import os
 import subprocess
@@ -10,15 +11,30 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from torch.distributions import AffineTransform, Categorical, Independent, MixtureSameFamily, Normal
-from torch.distributions import TanhTransform, TransformedDistribution
+from torch.distributions import (
+    AffineTransform,
+    Categorical,
+    Independent,
+    MixtureSameFamily,
+    Normal,
+    TanhTransform,
+    TransformedDistribution,
+)
 
 import pmoe_sac
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tiny but real settings: Hopper episodes end in a few dozen random steps; 250 learning steps = 250 critic updates
-TINY = dict(env_id="Hopper-v5", total_timesteps=400, learning_starts=150, batch_size=32, hidden_dim=32,
-            buffer_size=1000, eval_episodes=2, num_experts=3)
+TINY = dict(
+    env_id="Hopper-v5",
+    total_timesteps=400,
+    learning_starts=150,
+    batch_size=32,
+    hidden_dim=32,
+    buffer_size=1000,
+    eval_episodes=2,
+    num_experts=3,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +101,9 @@ def test_k1_actor_is_plain_sac():
     torch.manual_seed(4)  # SAC by hand: one Gaussian, tanh squashing, min of the two critics
     _, mean, log_std = actor(obs)
     u = mean[:, 0] + log_std[:, 0].exp() * torch.randn_like(mean[:, 0])
-    ref_log_pi = squashed(Independent(Normal(mean[:, 0], log_std[:, 0].exp()), 1), actor.action_scale, actor.action_bias)
+    ref_log_pi = squashed(
+        Independent(Normal(mean[:, 0], log_std[:, 0].exp()), 1), actor.action_scale, actor.action_bias
+    )
     a = actor.action_scale * torch.tanh(u) + actor.action_bias
     sac_loss = (alpha * log_pi - torch.min(qf1(obs, a), qf2(obs, a)).view(-1)).mean()
     assert torch.allclose(actor_loss, sac_loss) and route_loss.item() == 0.0 and (k == 0).all()
@@ -162,6 +180,7 @@ def record_networks(monkeypatch):
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, **kwargs)
                 built.append((self, {n: p.detach().clone() for n, p in self.named_parameters()}))
+
         return Recorded
 
     monkeypatch.setattr(pmoe_sac, "Actor", recording(pmoe_sac.Actor))
@@ -204,10 +223,16 @@ def test_save_then_evaluate_alone(tmp_path, monkeypatch):
     assert again["eval_return"] == summary["eval_return"]  # same weights, same env seeds, deterministic actions
 
 
-@pytest.mark.parametrize("override", [
-    dict(env_id="CartPole-v1"), dict(num_experts=0), dict(batch_size=2000), dict(learning_starts=500),
-    dict(model_path="missing.cleanrl_model"),
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        dict(env_id="CartPole-v1"),
+        dict(num_experts=0),
+        dict(batch_size=2000),
+        dict(learning_starts=500),
+        dict(model_path="missing.cleanrl_model"),
+    ],
+)
 def test_bad_input_exits_2(override, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
@@ -218,10 +243,18 @@ def test_bad_input_exits_2(override, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "runs").exists()  # rejected before any run directory is made
 
 
-@pytest.mark.parametrize("flags, flag", [(["--env-id", "NoSuchEnv-v0"], "--env-id"), (["--num-experts", "0"], "--num-experts")])
+@pytest.mark.parametrize(
+    "flags, flag", [(["--env-id", "NoSuchEnv-v0"], "--env-id"), (["--num-experts", "0"], "--num-experts")]
+)
 def test_bad_input_cli_one_line_no_traceback(flags, flag, tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(REPO, "pmoe_sac.py"), *flags], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "pmoe_sac.py"), *flags],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {flag}") and "Traceback" not in result.stderr

@@ -1,5 +1,6 @@
 """Tests of sofT_grpo.py: the soft-thinking sampler, the soft-token log-density, parity with the discrete path,
 and a few SofT-GRPO steps on a tiny toy model (CPU, about a minute)."""
+
 import glob
 import hashlib
 import math
@@ -36,12 +37,20 @@ def test_toy_base_model_is_bit_identical_to_discrete(toy, tmp_path):
 
 def clamped_gumbel_max_probs(a, lo, hi, n=200001):
     """P(argmax_i a_i + clamp(G_i, lo, hi)) for i.i.d. standard Gumbel G, by quadrature (independent of the sampler)."""
-    F = lambda g: np.where(g < lo, 0.0, np.where(g >= hi, 1.0, np.exp(-np.exp(-np.clip(g, lo, hi)))))  # noqa: E731
+
+    def cdf(g):  # the CDF of clamp(G, lo, hi): atoms at lo and hi
+        return np.where(g < lo, 0.0, np.where(g >= hi, 1.0, np.exp(-np.exp(-np.clip(g, lo, hi)))))
+
+    def others(x, i):  # P(every other component stays below a_i + x)
+        return np.prod([cdf(a[i] + x - a[j]) for j in range(len(a)) if j != i], axis=0)
+
     g, out = np.linspace(lo, hi, n), []
     for i in range(len(a)):
-        others = lambda x: np.prod([F(a[i] + x - a[j]) for j in range(len(a)) if j != i], axis=0)  # noqa: E731
-        atoms = np.exp(-np.exp(-lo)) * others(np.array([lo]))[0] + (1 - np.exp(-np.exp(-hi))) * others(np.array([hi]))[0]
-        out.append(np.trapezoid(np.exp(-g - np.exp(-g)) * others(g), g) + atoms)
+        atoms = (
+            np.exp(-np.exp(-lo)) * others(np.array([lo]), i)[0]
+            + (1 - np.exp(-np.exp(-hi))) * others(np.array([hi]), i)[0]
+        )
+        out.append(np.trapezoid(np.exp(-g - np.exp(-g)) * others(g, i), g) + atoms)
     return np.array(out)
 
 
@@ -52,7 +61,9 @@ def test_emitted_thinking_tokens_are_gumbel_max_samples(monkeypatch, clamp):
     n, embed = 40000, torch.nn.Embedding(7, 4)
     logits = torch.tensor([[2.0, 1.5, 1.0, 0.3, -0.5, -3.0, -4.0]]).repeat(n, 1)
     gen = torch.Generator().manual_seed(0)
-    tok, _, (ids, y, soft) = sg.soft_sample_step(logits, embed, gen, torch.ones(n, dtype=torch.bool), 99, 1.0, 5, 1.0, 5, 1.0, 0.1, 1.0, "gumbel")
+    tok, _, (ids, y, soft) = sg.soft_sample_step(
+        logits, embed, gen, torch.ones(n, dtype=torch.bool), 99, 1.0, 5, 1.0, 5, 1.0, 0.1, 1.0, "gumbel"
+    )
     assert soft.all() and (ids[:, 0] == tok).all() and (y.argmax(-1) == 0).all()
     pi = torch.softmax(logits[0, :5].double(), 0).numpy()
     expected = pi if clamp[0] == -math.inf else clamped_gumbel_max_probs(np.log(pi + 1e-6), *clamp)
@@ -66,8 +77,21 @@ def test_emitted_thinking_tokens_are_gumbel_max_samples(monkeypatch, clamp):
 def test_answer_rows_sample_with_their_own_top_k_and_top_p():
     n, embed = 20000, torch.nn.Embedding(6, 4)
     logits = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.06, 0.04, 0.0]]).repeat(n, 1) + 1e-12)
-    tok, nxt, (_, _, soft) = sg.soft_sample_step(logits, embed, torch.Generator().manual_seed(1), torch.zeros(n, dtype=torch.bool), 99,
-                                                 1.0, 5, 1.0, 4, 0.85, 0.1, 1.0, "gumbel")
+    tok, nxt, (_, _, soft) = sg.soft_sample_step(
+        logits,
+        embed,
+        torch.Generator().manual_seed(1),
+        torch.zeros(n, dtype=torch.bool),
+        99,
+        1.0,
+        5,
+        1.0,
+        4,
+        0.85,
+        0.1,
+        1.0,
+        "gumbel",
+    )
     counts = np.bincount(tok.numpy(), minlength=6)
     assert not soft.any() and counts[3:].sum() == 0  # top-p 0.85 keeps {0.4, 0.3, 0.2}
     expected = n * np.array([0.4, 0.3, 0.2]) / 0.9
@@ -78,8 +102,21 @@ def test_answer_rows_sample_with_their_own_top_k_and_top_p():
 def test_think_end_switches_the_row_to_answer_mode_one_hot():
     embed = torch.nn.Embedding(6, 4)
     logits = torch.tensor([[0.0, 0, 0, 0, 9, 0], [9.0, 0, 0, 0, 0, 0]])  # row 0 emits 4 (= </think> here)
-    tok, nxt, (_, _, soft) = sg.soft_sample_step(logits, embed, torch.Generator().manual_seed(0), torch.tensor([True, True]), 4,
-                                                 1.0, 3, 1.0, 3, 1.0, 0.1, 0.0, "gumbel")
+    tok, nxt, (_, _, soft) = sg.soft_sample_step(
+        logits,
+        embed,
+        torch.Generator().manual_seed(0),
+        torch.tensor([True, True]),
+        4,
+        1.0,
+        3,
+        1.0,
+        3,
+        1.0,
+        0.1,
+        0.0,
+        "gumbel",
+    )
     assert tok.tolist() == [4, 0] and soft.tolist() == [False, True]
     assert torch.equal(nxt[0], embed.weight[4])  # the </think> step feeds exactly E[</think>]
 
@@ -99,7 +136,8 @@ def test_soft_log_density_against_independent_references():
     y = torch.log(pi + 1e-6) + torch.distributions.Gumbel(0.0, 1.0).sample((64, 5)).double()
     got = sg.soft_log_density(z, y, "gumbel")
     assert np.allclose(got.numpy(), [gumbel_logpdf_reference(a, b) for a, b in zip(z.numpy(), y.numpy())], atol=1e-10)
-    # the ablations: Gamma(q, 1) log-pdf clamped to [-5, 3], Normal(q, 0.05) at y clamped to q +- 0.15, mean over q > 0.05
+    # the ablations: Gamma(q, 1) log-pdf clamped to [-5, 3], Normal(q, 0.05) at y clamped to q +- 0.15,
+    # mean over q > 0.05
     q = torch.softmax(z, -1).numpy()
     yg = torch.distributions.Gamma(pi, 1.0).sample().clamp(min=1e-30).numpy()
     gam = np.clip((q - 1) * np.log(yg) - yg - np.vectorize(math.lgamma)(q), -5, 3)
@@ -134,8 +172,17 @@ def test_gradient_reaches_only_the_stored_ids_through_log_q():
 
 
 def sampling(tok, **kw):
-    base = dict(think_end_id=tok.convert_tokens_to_ids("</think>"), temperature=1.0, top_k=5, top_p=0.95, answer_top_k=5, answer_top_p=0.95,
-                tau_g=0.1, noise_scale=1.0, noise="gumbel")
+    base = dict(
+        think_end_id=tok.convert_tokens_to_ids("</think>"),
+        temperature=1.0,
+        top_k=5,
+        top_p=0.95,
+        answer_top_k=5,
+        answer_top_p=0.95,
+        tau_g=0.1,
+        noise_scale=1.0,
+        noise="gumbel",
+    )
     return {**base, **kw}
 
 
@@ -153,7 +200,9 @@ def test_kv_cache_rollout_matches_full_forward_on_rebuilt_inputs(toy, monkeypatc
     torch.manual_seed(0)
     rows = rows_for(tok, 6)  # different prompt lengths: left padding and position ids are exercised
     kw = sampling(tok, noise=noise)
-    batch = sg.generate(model, tok, rows, len(rows), 24, torch.tensor([tok.eos_token_id]), torch.Generator().manual_seed(0), **kw)
+    batch = sg.generate(
+        model, tok, rows, len(rows), 24, torch.tensor([tok.eos_token_id]), torch.Generator().manual_seed(0), **kw
+    )
     assert batch["soft_mask"].any()
     with torch.no_grad():
         logp, ent = sg.token_logprobs(model, batch, 1.0, noise, kw["tau_g"])
@@ -170,7 +219,9 @@ def test_one_hot_soft_inputs_give_the_discrete_logits(toy):
     """Soft positions whose mixture is one-hot feed exactly E[token]: the logits equal discrete_grpo's path."""
     _, tok, model = toy
     rows = rows_for(tok, 3)
-    batch = sg.generate(model, tok, rows, 3, 12, torch.tensor([tok.eos_token_id]), torch.Generator().manual_seed(0), **sampling(tok))
+    batch = sg.generate(
+        model, tok, rows, 3, 12, torch.tensor([tok.eos_token_id]), torch.Generator().manual_seed(0), **sampling(tok)
+    )
     B, T, k = batch["soft_ids"].shape
     batch["soft_ids"][..., 0] = batch["completion_ids"]
     batch["soft_y"] = torch.tensor([0.0] + [-1e4] * (k - 1)).expand(B, T, k).clone()  # w = (1, 0, ..., 0)
@@ -183,7 +234,16 @@ def test_one_hot_soft_inputs_give_the_discrete_logits(toy):
 
 def test_first_minibatch_ratio_is_one_and_kl_zero(toy):
     path, tok, model = toy
-    batch = sg.generate(model, tok, rows_for(tok, 4), 4, 16, torch.tensor([tok.eos_token_id]), torch.Generator().manual_seed(0), **sampling(tok))
+    batch = sg.generate(
+        model,
+        tok,
+        rows_for(tok, 4),
+        4,
+        16,
+        torch.tensor([tok.eos_token_id]),
+        torch.Generator().manual_seed(0),
+        **sampling(tok),
+    )
     ref_model = AutoModelForCausalLM.from_pretrained(path).eval()
     with torch.no_grad():
         logp_old = sg.token_logprobs(model.train(), batch, 1.0)[0]
@@ -191,9 +251,15 @@ def test_first_minibatch_ratio_is_one_and_kl_zero(toy):
     logp, _ = sg.token_logprobs(model, batch, 1.0)
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
     loss, st = sg.grpo_loss(logp, logp_old, logp_ref, adv, batch["completion_mask"], beta=0.001)
-    assert torch.equal(torch.exp(logp - logp_old), torch.ones_like(logp)) and st["kl"] == 0 and st["clip_ratio/region_mean"] == 0
+    assert (
+        torch.equal(torch.exp(logp - logp_old), torch.ones_like(logp))
+        and st["kl"] == 0
+        and st["clip_ratio/region_mean"] == 0
+    )
     loss.backward()
-    assert model.get_input_embeddings().weight.grad is not None  # tied head: the embedding learns through the output side only
+    assert (
+        model.get_input_embeddings().weight.grad is not None
+    )  # tied head: the embedding learns through the output side only
     model.zero_grad(set_to_none=True)
     model.eval()
 
@@ -201,13 +267,27 @@ def test_first_minibatch_ratio_is_one_and_kl_zero(toy):
 def test_soft_inputs_are_detached():
     """No pathwise gradient through the mixture embeddings: an untied input embedding gets no gradient."""
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=30, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                         num_key_value_heads=1, tie_word_embeddings=False))
+    model = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=30,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            tie_word_embeddings=False,
+        )
+    )
     B, P, T, k = 2, 3, 4, 5
-    batch = {"prompt_ids": torch.randint(0, 30, (B, P)), "prompt_mask": torch.ones(B, P, dtype=torch.long),
-             "completion_ids": torch.randint(0, 30, (B, T)), "completion_mask": torch.ones(B, T, dtype=torch.long),
-             "soft_ids": torch.stack([torch.randperm(30)[:k] for _ in range(B * T)]).view(B, T, k), "soft_y": torch.randn(B, T, k),
-             "soft_mask": torch.tensor([[True, True, False, False], [True, False, True, False]])}
+    batch = {
+        "prompt_ids": torch.randint(0, 30, (B, P)),
+        "prompt_mask": torch.ones(B, P, dtype=torch.long),
+        "completion_ids": torch.randint(0, 30, (B, T)),
+        "completion_mask": torch.ones(B, T, dtype=torch.long),
+        "soft_ids": torch.stack([torch.randperm(30)[:k] for _ in range(B * T)]).view(B, T, k),
+        "soft_y": torch.randn(B, T, k),
+        "soft_mask": torch.tensor([[True, True, False, False], [True, False, True, False]]),
+    }
     logp, _ = sg.token_logprobs(model, batch, 1.0)
     logp.sum().backward()
     assert model.get_input_embeddings().weight.grad is None
@@ -220,12 +300,34 @@ def test_bad_input_exits_2(capsys):
     assert e.value.code == 2 and "--top-k" in capsys.readouterr().err
 
 
+def without_timings(summary):
+    """A run summary less its wall-clock fields, which differ between identical runs."""
+    kept = {}
+    for key, value in summary.items():
+        if not key.startswith("perf/") and key not in ("run_dir", "train_wall_time"):
+            kept[key] = value
+    return kept
+
+
 def run_tiny(tmp_path, monkeypatch, out):
     # Rewards from a random tiny model are all 0 (no learning signal): reward an even-length completion instead
     monkeypatch.setattr(sg, "math_reward", lambda text, answer: float(len(text) % 2 == 0))
-    args = sg.Args(**TINY, toy_cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / out), total_steps=2, prompts_per_step=4,
-                   mini_batch_prompts=2, group_size=4, micro_batch_size=4, max_new_tokens=16, eval_problems=2, eval_samples=2,
-                   eval_settings=("sofT-grpo",), learning_rate=1e-3, log_completions_every=1)
+    args = sg.Args(
+        **TINY,
+        toy_cache_dir=str(tmp_path / "cache"),
+        output_dir=str(tmp_path / out),
+        total_steps=2,
+        prompts_per_step=4,
+        mini_batch_prompts=2,
+        group_size=4,
+        micro_batch_size=4,
+        max_new_tokens=16,
+        eval_problems=2,
+        eval_samples=2,
+        eval_settings=("sofT-grpo",),
+        learning_rate=1e-3,
+        log_completions_every=1,
+    )
     return args, sg.main(args)
 
 
@@ -239,5 +341,4 @@ def test_a_few_sofT_grpo_steps_train_every_parameter_deterministically(tmp_path,
         assert not torch.allclose(p1, p0 * decay, rtol=0, atol=1e-6), f"{name} moved by weight decay only"
     _, s2 = run_tiny(tmp_path, monkeypatch, "b")
     assert weights_hash(os.path.join(s1["run_dir"], "final")) == weights_hash(os.path.join(s2["run_dir"], "final"))
-    drop = lambda s: {k: v for k, v in s.items() if not k.startswith("perf/") and k not in ("run_dir", "train_wall_time")}  # noqa: E731
-    assert drop(s1) == drop(s2)
+    assert without_timings(s1) == without_timings(s2)
