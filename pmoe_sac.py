@@ -605,6 +605,7 @@ def main(args: Args) -> dict:
             eval_means[mode] = float(np.mean(evaluate(actor, args.env_id, args.eval_episodes, args.seed, mode, device)))
             writer.add_scalar(f"eval/episodic_return_{mode}", eval_means[mode], global_step)
         writer.add_scalar("eval/episodic_return", eval_means[args.eval_expert], global_step)
+        print(f"eval/episodic_return over {args.eval_episodes} episodes: {eval_means} (argmax / sampled expert)")
     writer.close()
     return dict(
         final_return=float(np.mean(episodic_returns[-10:])) if episodic_returns else None,  # last 10 episodes
