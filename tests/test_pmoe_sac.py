@@ -154,6 +154,27 @@ def test_mixture_log_prob_matches_torch_distributions_and_k1_is_unimodal():
     assert torch.equal(one, pmoe_sac.tanh_gaussian_log_prob(x_t, mean[:, 0], log_std[:, 0], scale))
 
 
+def test_actor_heads_split_into_experts_and_log_std_is_bounded():
+    """Rows [k*A, (k+1)*A) of each head are expert k; log-std lies in [LOG_STD_MIN, LOG_STD_MAX] and reaches both."""
+    env = spaces()
+    torch.manual_seed(12)
+    actor, obs = pmoe_sac.Actor(env, 3), torch.randn(4, 5)
+    mix_logits, mean, log_std = actor(obs)
+    assert mix_logits.shape == (4, 3) and mean.shape == log_std.shape == (4, 3, 3)
+    h = torch.relu(actor.fc2(torch.relu(actor.fc1(obs))))
+    flat_mean = h @ actor.fc_mean.weight.T + actor.fc_mean.bias  # [B, K*A]
+    for k in range(3):
+        assert torch.allclose(mean[:, k], flat_mean[:, 3 * k : 3 * k + 3], atol=1e-6)
+    assert torch.allclose(mix_logits, h @ actor.fc_route.weight.T + actor.fc_route.bias, atol=1e-6)
+    assert (log_std >= pmoe_sac.LOG_STD_MIN).all() and (log_std <= pmoe_sac.LOG_STD_MAX).all()
+    with torch.no_grad():
+        actor.fc_logstd.weight.zero_()
+        actor.fc_logstd.bias.copy_(torch.tensor([50.0, 0.0, -50.0] * 3))
+    _, _, log_std = actor(obs)
+    assert (log_std[..., 0] == 2.0).all() and (log_std[..., 2] == -5.0).all()
+    assert torch.allclose(log_std[..., 1], torch.tensor(-1.5))  # the midpoint of [-5, 2]
+
+
 def test_sample_expert_draws_from_the_routing_weights():
     """Gumbel-max against the softmax it should sample from: 40k draws per row, B = 4 rows, K = 3."""
     torch.manual_seed(2)
@@ -248,6 +269,28 @@ def test_gumbel_straight_through_acts_with_exactly_one_expert():
     assert (actor.mix_logits.grad != 0).all()
     chosen = torch.nn.functional.one_hot(k, actor.means.shape[1]).bool()
     assert (actor.means.grad.abs().sum(-1)[chosen] > 0).all() and (actor.means.grad.abs().sum(-1)[~chosen] == 0).all()
+
+
+def test_gumbel_estimator_matches_torch_gumbel_softmax():
+    """Against PyTorch's own F.gumbel_softmax(hard=True) on the same noise: the same experts, actions and routing
+    gradients, at temperature 0.7 (B = 8, K = 4; the last expert's weight is ~e^-30, so it is never chosen)."""
+    actor, _, _, obs = stub_problem(seed=13, B=8, K=4)
+    with torch.no_grad():
+        actor.mix_logits[:, -1] = -30.0
+        actor.log_stds.fill_(-1.0)
+    torch.manual_seed(14)
+    pi, _, _, k = pmoe_sac.gumbel_estimator(actor, obs, tau=0.7)
+    pi.sum().backward()
+    ours = actor.mix_logits.grad.clone()
+    actor.zero_grad()
+    torch.manual_seed(14)  # the same draws: one normal per expert and action dim, then one exponential per expert
+    x_all = actor.means + actor.log_stds.exp() * torch.empty(8, 4, 2, dtype=torch.float64).normal_()
+    y_hard = torch.nn.functional.gumbel_softmax(actor.mix_logits, tau=0.7, hard=True)  # [B, K]
+    ref = actor.squash(torch.einsum("bk,bka->ba", y_hard, x_all))
+    ref.sum().backward()
+    assert torch.equal(k, y_hard.argmax(-1)) and len(set(k.tolist())) > 1
+    assert torch.allclose(pi, ref, atol=1e-12)
+    assert torch.allclose(ours, actor.mix_logits.grad, atol=1e-12) and (ours != 0).all()
 
 
 def test_reinforce_routing_gradient_is_the_score_function_with_a_baseline():
