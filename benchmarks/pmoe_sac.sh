@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces benchmarks/results_pmoe_sac.md on a CPU: one torch thread per run, at most two runs at a time.
-# Usage: bash benchmarks/pmoe_sac.sh [learning|sps|tests|report|all]   (default: all)
+# Usage: bash benchmarks/pmoe_sac.sh [learning|sps|default_run|tests|report|all]   (default: all)
+# Needs only the README's install (`pip install -r requirements.txt`); it runs whatever `python` is on PATH.
 # TensorBoard logs and console logs go to benchmarks/sac/runs/ (gitignored by the `runs/` pattern; a separate folder
 # because another job emptied the shared benchmarks/runs/ while these ran).
 set -euo pipefail
@@ -27,10 +28,16 @@ learning() {  # one 30k-step run per estimator (K=4) and plain SAC (K=1), seed 1
 sps() {  # steady-state SPS after learning_starts, K=1 and K=4 interleaved, one run at a time, 3 repeats
   for rep in 1 2 3; do
     for K in 1 4; do
-      python ../../pmoe_sac.py --env-id $ENV --total-timesteps 3000 --learning-starts 1000 --eval-episodes 0 \
-        --num-experts $K --exp-name sps_K$K 2>&1 | grep "SPS" | tail -1 | sed "s/^/K=$K rep=$rep /"
+      python -c "import sys; sys.path.insert(0, '../..'); import pmoe_sac
+s = pmoe_sac.main(pmoe_sac.Args(env_id='$ENV', total_timesteps=3000, learning_starts=1000, eval_episodes=0,
+                                num_experts=$K, exp_name='sps_K$K'))
+print('K=$K rep=$rep SPS after learning_starts: %.1f' % s['sps_after_learning_starts'])" 2>/dev/null
     done
   done
+}
+
+default_run() {  # the out-of-the-box run, timed: Hopper-v5, K=4, 20k steps, then 2 x 10 evaluation episodes
+  /usr/bin/time -f "wall %e s" python ../../pmoe_sac.py --exp-name default_run 2>&1 | tr '\r' '\n' | grep -E "eval|wall"
 }
 
 tests() {  # wall time of the test file (pytest's own timer)
@@ -44,7 +51,8 @@ report() {
 case "$part" in
   learning) learning ;;
   sps) sps ;;
+  default_run) default_run ;;
   tests) tests ;;
   report) report ;;
-  all) learning; sps; tests; report ;;
+  all) learning; sps; default_run; tests; report ;;
 esac
