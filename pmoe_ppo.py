@@ -230,7 +230,8 @@ class Agent(nn.Module):
             nn.Tanh(),
             layer_init(nn.Linear(64, 1), std=1.0),
         )
-        self.actor_mean = nn.Sequential(  # all K expert means from one head: [B, K*A]
+        # all K expert means from one head: [B, K*A]
+        self.actor_mean = nn.Sequential(
             layer_init(nn.Linear(np.array(envs.single_observation_space.shape).prod(), 64)),
             nn.Tanh(),
             layer_init(nn.Linear(64, 64)),
@@ -277,28 +278,31 @@ class Agent(nn.Module):
         return expert_means[torch.arange(len(x), device=x.device), expert]
 
 
-def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
+def compute_gae(rewards, values, dones, next_value, next_done, args):
     """CleanRL's GAE (Schulman et al. 2015, arXiv 1506.02438, eq. 16); dones[t] = 1 when obs[t] starts a new
     episode. rewards, values, dones [T, N]; next_value, next_done [N] -> advantages, lambda-returns [T, N]"""
     advantages = torch.zeros_like(rewards)
     lastgaelam = 0
-    for t in reversed(range(len(rewards))):
-        if t == len(rewards) - 1:
+    for t in reversed(range(args.num_steps)):
+        if t == args.num_steps - 1:
             nextnonterminal = 1.0 - next_done
             nextvalues = next_value
         else:
             nextnonterminal = 1.0 - dones[t + 1]
             nextvalues = values[t + 1]
-        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
-        advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
-    return advantages, advantages + values
+        delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
+        advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+    returns = advantages + values
+    return advantages, returns
 
 
-def ppo_loss(agent, args, mb_obs, mb_actions, mb_logprobs, mb_advantages, mb_returns, mb_values):
-    """CleanRL's minibatch loss, PPO (Schulman et al. 2017, arXiv 1707.06347) eq. 9 with the clipped surrogate of
-    eq. 7. Every mb_* has M rows. -> loss, pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac"""
-    _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_obs, mb_actions)
-    logratio = newlogprob - mb_logprobs  # for pmoe a mixture ratio: its gradient reaches w and all K experts
+def ppo_loss(agent, args, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values, mb_inds):
+    """CleanRL's minibatch loss: PPO (Schulman et al. 2017, arXiv 1707.06347) eq. 9 with the clipped surrogate of
+    eq. 7, on the rows mb_inds of the flat batch. -> loss, pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl,
+    clipfrac"""
+    _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+    # for pmoe a ratio of mixture densities: its gradient reaches w and all K experts
+    logratio = newlogprob - b_logprobs[mb_inds]
     ratio = logratio.exp()
 
     with torch.no_grad():
@@ -307,6 +311,7 @@ def ppo_loss(agent, args, mb_obs, mb_actions, mb_logprobs, mb_advantages, mb_ret
         approx_kl = ((ratio - 1) - logratio).mean()
         clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
 
+    mb_advantages = b_advantages[mb_inds]
     if args.norm_adv:
         mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
 
@@ -318,17 +323,17 @@ def ppo_loss(agent, args, mb_obs, mb_actions, mb_logprobs, mb_advantages, mb_ret
     # Value loss
     newvalue = newvalue.view(-1)
     if args.clip_vloss:
-        v_loss_unclipped = (newvalue - mb_returns) ** 2
-        v_clipped = mb_values + torch.clamp(
-            newvalue - mb_values,
+        v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
+        v_clipped = b_values[mb_inds] + torch.clamp(
+            newvalue - b_values[mb_inds],
             -args.clip_coef,
             args.clip_coef,
         )
-        v_loss_clipped = (v_clipped - mb_returns) ** 2
+        v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
         v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
         v_loss = 0.5 * v_loss_max.mean()
     else:
-        v_loss = 0.5 * ((newvalue - mb_returns) ** 2).mean()
+        v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
 
     entropy_loss = entropy.mean()
     loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
@@ -417,7 +422,8 @@ def main(args: Args) -> dict:
         for key in ("env_id", "gamma", "num_experts", "policy_type", "gradient_estimator"):
             setattr(args, key, ckpt["args"][key])
 
-    # env setup: SAME_STEP autoreset keeps gymnasium 0.29's semantics (the finished episode in infos["final_info"])
+    # env setup
+    # gymnasium 1.x: SAME_STEP autoreset keeps 0.29's semantics (the finished episode in infos["final_info"])
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name, args.gamma) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
@@ -467,7 +473,8 @@ def main(args: Args) -> dict:
                 action, logprob, _, value = agent.get_action_and_value(next_obs)
                 values[step] = value.flatten()
             actions[step] = action
-            logprobs[step] = logprob  # for pmoe the mixture log-density log pi(a|s)
+            # for pmoe the mixture log-density log pi(a|s)
+            logprobs[step] = logprob
 
             # TRY NOT TO MODIFY: execute the game and log data.
             next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
@@ -478,16 +485,15 @@ def main(args: Args) -> dict:
             # gymnasium 1.x SAME_STEP: one batched dict of the finished episodes, masked by "_episode"
             if "final_info" in infos and "_episode" in infos["final_info"]:
                 for i in np.nonzero(infos["final_info"]["_episode"])[0]:
-                    episodic_returns.append(float(infos["final_info"]["episode"]["r"][i]))
-                    writer.add_scalar("charts/episodic_return", infos["final_info"]["episode"]["r"][i], global_step)
-                    writer.add_scalar("charts/episodic_length", infos["final_info"]["episode"]["l"][i], global_step)
+                    info = {"episode": {key: value[i] for key, value in infos["final_info"]["episode"].items()}}
+                    episodic_returns.append(float(info["episode"]["r"]))
+                    writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step)
+                    writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step)
 
         # bootstrap value if not done
         with torch.no_grad():
             next_value = agent.get_value(next_obs).reshape(1, -1)
-            advantages, returns = compute_gae(
-                rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
-            )
+            advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args)
 
         # flatten the batch
         b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
@@ -506,9 +512,8 @@ def main(args: Args) -> dict:
                 end = start + args.minibatch_size
                 mb_inds = b_inds[start:end]
 
-                minibatch = [x[mb_inds] for x in (b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)]
                 loss, pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac = ppo_loss(
-                    agent, args, *minibatch
+                    agent, args, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values, mb_inds
                 )
                 clipfracs += [clipfrac.item()]
                 if use_routing:

@@ -79,7 +79,8 @@ def test_compute_gae_matches_python_loop_with_episode_boundaries(next_value_shap
         )
     )
     bootstrap = next_value if next_value_shape == "[N]" else next_value.reshape(1, -1)
-    advantages, returns = pmoe_ppo.compute_gae(rewards, values, dones, bootstrap, next_done, 0.99, 0.95)
+    args = SimpleNamespace(num_steps=T, gamma=0.99, gae_lambda=0.95)
+    advantages, returns = pmoe_ppo.compute_gae(rewards, values, dones, bootstrap, next_done, args)
     torch.testing.assert_close(advantages, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(returns, expected + values, rtol=1e-5, atol=1e-5)
 
@@ -286,6 +287,7 @@ def ppo_loss_with(ratio, advantages, newvalue=None, values=None, returns=None, *
         torch.tensor(advantages),
         torch.zeros(M) if returns is None else torch.tensor(returns),
         torch.zeros(M) if values is None else torch.tensor(values),
+        torch.arange(M),
     )
     return out, newlogprob, newvalue
 
@@ -338,7 +340,7 @@ def test_entropy_bonus_and_kl_statistics():
     zeros = torch.zeros(M)
     args = loss_args(ent_coef=0.1)
     loss, pg_loss, v_loss, entropy_loss, old_kl, kl, clipfrac = pmoe_ppo.ppo_loss(
-        agent, args, torch.zeros(M, 3), torch.zeros(M, 2), zeros, zeros, zeros, zeros
+        agent, args, torch.zeros(M, 3), torch.zeros(M, 2), zeros, zeros, zeros, zeros, torch.arange(M)
     )
     assert entropy_loss.item() == pytest.approx(2.5) and loss.item() == pytest.approx(-0.25, abs=1e-6)
     assert clipfrac.item() == pytest.approx(0.5)  # 1.3 and 0.7 lie outside [0.8, 1.2]
