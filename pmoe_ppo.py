@@ -1,17 +1,15 @@
-"""PMOE-PPO (Ren et al., Probabilistic Mixture-of-Experts for Efficient Deep RL, arXiv 2104.09122): a minimal diff
-of CleanRL's ppo_continuous_action.py on gymnasium 1.x + MuJoCo v5. Long notes: docs/pmoe_ppo.md.
+"""PMOE-PPO: PPO with a probabilistic mixture-of-experts policy (Ren et al. 2021, arXiv 2104.09122), a minimal diff
+of CleanRL's cleanrl/ppo_continuous_action.py on gymnasium 1.x, MuJoCo v5 (docs/pmoe_ppo.md: each hunk and why).
 
-    python pmoe_ppo.py                                # K=5 experts, HalfCheetah-v5, 1M steps (CleanRL PPO defaults)
-    python pmoe_ppo.py --num-experts 1                # plain PPO on the same code path
-    python pmoe_ppo.py --gradient-estimator mixture   # ablation: mixture likelihood only, no Q-net, no routing loss
+    python pmoe_ppo.py                            # PMOE, K=5 experts, HalfCheetah-v5, 1M steps (~15 min on one core)
+    python pmoe_ppo.py --num-experts 1            # plain CleanRL PPO on the same code path
+    python pmoe_ppo.py --policy-type mcp          # the paper's MoE baselines: --policy-type gating or mcp
     python pmoe_ppo.py --eval-only --model-path runs/<run_name>/pmoe_ppo.cleanrl_model
 
-Diff vs. the parent: the actor has K Gaussian experts and routing weights w(s); the PPO ratio uses the mixture density
-(logsumexp); a Q-net fit to the lambda-returns scores one fresh sample per expert and w(s) is regressed onto
-one_hot(argmax) (MSE: the "frequency approximate gradient"); SAME_STEP autoreset; obs statistics saved, frozen at eval.
-UNVERIFIED in the paper; we follow the co-author's pmoe_ppo.py (docs/pmoe_ppo.md): mixture density in the ratio (so w
-and every expert also get the PPO gradient), router Linear(obs, K), loss pg + vf*v + q + route; no Q-net for K=1.
-Evaluation: expert z = argmax_k w_k(s) (--eval-expert sample draws z ~ w, as rlkit does); action = mean of expert z.
+What the diff changes: the actor has K Gaussian experts and a router w(s); the PPO ratio uses the mixture density;
+a Q-network fit to the lambda-returns scores one sample per expert and w(s) is regressed onto the best expert's
+one-hot (the "frequency approximate gradient"). No official PPO code exists: we follow the co-author's pmoe_ppo.py
+(quantumiracle/Popular-RL-Algorithms, PMOE_PPO.train_net). Training ends with two deterministic evaluations.
 """
 
 import os
@@ -22,12 +20,17 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.optim as optim
 import tyro
+from torch.distributions.categorical import Categorical
+from torch.distributions.normal import Normal
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 
 @dataclass
@@ -46,14 +49,16 @@ class Args:
     """the wandb's project name"""
     wandb_entity: Optional[str] = None
     """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
     save_model: bool = False
-    """save weights, args and normalisation statistics to `runs/{run_name}`, then evaluate the saved model"""
+    """whether to save model into the `runs/{run_name}` folder"""
     eval_only: bool = False
-    """skip training: evaluate the model at --model-path"""
+    """skip training: evaluate the model saved at --model-path"""
     model_path: Optional[str] = None
     """a `.cleanrl_model` file written by --save-model (used with --eval-only)"""
     eval_episodes: int = 10
-    """the number of deterministic evaluation episodes"""
+    """the number of deterministic evaluation episodes (each way: argmax and sampled expert)"""
 
     # Algorithm specific arguments
     env_id: str = "HalfCheetah-v5"
@@ -83,7 +88,7 @@ class Args:
     clip_vloss: bool = True
     """Toggles whether or not to use a clipped loss for the value function, as per the paper."""
     ent_coef: float = 0.0
-    """coefficient of the entropy (an upper bound of the mixture entropy, exact for K=1)"""
+    """coefficient of the entropy (for pmoe: an upper bound of the mixture entropy, exact for K=1)"""
     vf_coef: float = 0.5
     """coefficient of the value function"""
     max_grad_norm: float = 0.5
@@ -93,7 +98,9 @@ class Args:
 
     # PMOE specific arguments
     num_experts: int = 5
-    """K, the number of Gaussian experts in the mixture policy (1 = plain PPO)"""
+    """K, the number of Gaussian experts (1 = plain PPO)"""
+    policy_type: Literal["pmoe", "gating", "mcp"] = "pmoe"
+    """pmoe: mixture sum_k w_k N_k; gating: one Gaussian of w-weighted means and log-stds; mcp: prod_k N_k^w_k"""
     gradient_estimator: Literal["pmoe", "mixture"] = "pmoe"
     """pmoe: PPO on the mixture + Q-labelled routing loss; mixture: PPO on the mixture likelihood alone (ablation)"""
     route_coef: float = 1.0
@@ -101,12 +108,15 @@ class Args:
     q_coef: float = 1.0
     """coefficient of the Q-network loss MSE(Q(s, a), lambda-return)"""
     eval_expert: Literal["argmax", "sample"] = "argmax"
-    """how evaluation picks the expert: argmax_k w_k(s) (deterministic) or z ~ Cat(w(s)) (rlkit's choice)"""
+    """which evaluation is `eval/episodic_return`: expert argmax_k w_k(s), or z ~ Cat(w(s)) as rlkit-pmoe does"""
 
     # to be filled in runtime (hidden from the CLI)
     batch_size: tyro.conf.Suppress[int] = 0
+    """the batch size (computed in runtime)"""
     minibatch_size: tyro.conf.Suppress[int] = 0
+    """the mini-batch size (computed in runtime)"""
     num_iterations: tyro.conf.Suppress[int] = 0
+    """the number of iterations (computed in runtime)"""
 
 
 def fail(message):  # bad input: one line on stderr, no traceback, exit code 2
@@ -134,19 +144,28 @@ def validate(args):
     except Exception as e:
         fail(f"--env-id {args.env_id!r} cannot be made ({type(e).__name__}): use a gymnasium id such as HalfCheetah-v5")
     if not isinstance(action_space, gym.spaces.Box):
-        fail(
-            f"--env-id {args.env_id} has a {type(action_space).__name__} action space: PMOE-PPO needs a continuous Box"
-        )
+        fail(f"--env-id {args.env_id} has a {type(action_space).__name__} action space: PPO here needs a Box")
 
 
-def make_env(env_id, gamma):
+def mujoco_warning(message):
+    """mujoco 4 deprecates `settotalmass` (in gymnasium's half_cheetah.xml): its default handler prints that at every
+    env creation and writes MUJOCO_LOG.TXT into the working directory. Drop that one; print the others."""
+    if "settotalmass" not in message:
+        print(f"MuJoCo warning: {message}", file=sys.stderr)
+
+
+def make_env(env_id, idx, capture_video, run_name, gamma):
     def thunk():
-        env = gym.make(env_id)
-        env = gym.wrappers.FlattenObservation(env)
-        env = gym.wrappers.RecordEpisodeStatistics(env)  # before NormalizeReward: returns in the env's own scale
+        if capture_video and idx == 0:
+            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", disable_logger=True)  # no moviepy bar
+        else:
+            env = gym.make(env_id)
+        env = gym.wrappers.FlattenObservation(env)  # deal with dm_control's Dict observation space
+        env = gym.wrappers.RecordEpisodeStatistics(env)
         env = gym.wrappers.ClipAction(env)
         env = gym.wrappers.NormalizeObservation(env)
-        # gymnasium 1.x: TransformObservation needs the observation space as a third argument
+        # gymnasium 1.x: TransformObservation takes the observation space as a third argument
         env = gym.wrappers.TransformObservation(env, lambda obs: np.clip(obs, -10, 10), env.observation_space)
         env = gym.wrappers.NormalizeReward(env, gamma=gamma)
         env = gym.wrappers.TransformReward(env, lambda reward: np.clip(reward, -10, 10))
@@ -161,12 +180,38 @@ def find_wrapper(env, wrapper_class):  # each sub-env holds its own normalisers:
     return env
 
 
-def running_stats(rms):
-    """A RunningMeanStd as plain tensors, so the checkpoint loads with torch.load(weights_only=True)."""
+def running_stats(rms):  # a RunningMeanStd as tensors, so the checkpoint loads with torch.load(weights_only=True)
     return {"mean": torch.tensor(rms.mean), "var": torch.tensor(rms.var), "count": torch.tensor(rms.count)}
 
 
-# ALGO LOGIC: initialize agent here:
+def mixture_log_prob(action, mix_logits, expert_means, expert_logstds):
+    """log pi(a|s) = logsumexp_k [log w_k + log N(a; mu_k, sigma_k)] for pi = sum_k w_k N_k (co-author
+    pmoe_ppo.py::PMOE_PPO.get_action_and_value computes log(w . exp(.)), which underflows to -inf in 17-D).
+    action [B, A]; mix_logits [B, K]; expert_means, expert_logstds [B, K, A] -> [B]"""
+    expert_log_probs = Normal(expert_means, expert_logstds.exp()).log_prob(action.unsqueeze(1)).sum(-1)  # [B, K]
+    return torch.logsumexp(mix_logits.log_softmax(-1) + expert_log_probs, dim=-1)
+
+
+def mixture_entropy_bound(mix_logits, expert_logstds):
+    """H(w) + sum_k w_k H(N_k) >= H(mixture), which has no closed form. Equality holds for K=1 and for experts
+    that do not overlap. mix_logits [B, K]; expert_logstds [B, K, A] -> [B]"""
+    log_w = mix_logits.log_softmax(-1)  # [B, K]
+    expert_entropy = (0.5 + 0.5 * np.log(2 * np.pi) + expert_logstds).sum(-1)  # [B, K]
+    return (log_w.exp() * (expert_entropy - log_w)).sum(-1)
+
+
+def combine_experts(policy_type, mix_logits, expert_means, expert_logstds):
+    """The unimodal MoE baselines, one Gaussian per state. gating: mean and log-std are the w-weighted sums over
+    experts. mcp (Peng et al. 2019, arXiv 1905.09808): prod_k N_k^w_k, per dim a Gaussian of precision
+    sum_k w_k / sigma_k^2 and mean sum_k (w_k / sigma_k^2) mu_k / precision. [B, K], [B, K, A] x2 -> [B, A] x2"""
+    w = mix_logits.softmax(-1).unsqueeze(-1)  # [B, K, 1]
+    if policy_type == "gating":
+        return (w * expert_means).sum(1), (w * expert_logstds).sum(1)
+    weighted_precisions = w * torch.exp(-2 * expert_logstds)  # [B, K, A]
+    precision = weighted_precisions.sum(1)  # [B, A]
+    return (weighted_precisions * expert_means).sum(1) / precision, -0.5 * precision.log()
+
+
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -174,121 +219,177 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class Agent(nn.Module):
-    def __init__(self, envs, num_experts, use_routing):
+    def __init__(self, envs, num_experts, policy_type, use_routing):
         super().__init__()
-        obs_dim = int(np.prod(envs.single_observation_space.shape))
-        self.num_experts, self.act_dim = num_experts, int(np.prod(envs.single_action_space.shape))
+        self.num_experts, self.policy_type = num_experts, policy_type
+        self.action_dim = int(np.prod(envs.single_action_space.shape))
         self.critic = nn.Sequential(
-            layer_init(nn.Linear(obs_dim, 64)),
+            layer_init(nn.Linear(np.array(envs.single_observation_space.shape).prod(), 64)),
             nn.Tanh(),
             layer_init(nn.Linear(64, 64)),
             nn.Tanh(),
             layer_init(nn.Linear(64, 1), std=1.0),
         )
-        self.actor_mean = nn.Sequential(  # all K expert means from one head: [B, K*A]
-            layer_init(nn.Linear(obs_dim, 64)),
+        # all K expert means from one head: [B, K*A]
+        self.actor_mean = nn.Sequential(
+            layer_init(nn.Linear(np.array(envs.single_observation_space.shape).prod(), 64)),
             nn.Tanh(),
             layer_init(nn.Linear(64, 64)),
             nn.Tanh(),
-            layer_init(nn.Linear(64, num_experts * self.act_dim), std=0.01),
+            layer_init(nn.Linear(64, num_experts * self.action_dim), std=0.01),
         )
-        self.actor_logstd = nn.Parameter(torch.zeros(1, num_experts * self.act_dim))  # one per expert and dim
-        self.router = layer_init(nn.Linear(obs_dim, num_experts), std=0.01)  # w(s) starts ~uniform (co-author: default)
+        self.actor_logstd = nn.Parameter(torch.zeros(1, num_experts * self.action_dim))  # per expert and dim
+        # the router w(s) = softmax(Linear(obs)), PyTorch's default init (co-author pmoe_ppo.py::Actor)
+        self.router = nn.Linear(np.array(envs.single_observation_space.shape).prod(), num_experts)
         if use_routing:  # Q(s, a) exists only to label the best expert for the routing loss
-            self.q_net = nn.Sequential(
-                nn.Linear(obs_dim + self.act_dim, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1)
-            )
+            obs_action_dim = np.array(envs.single_observation_space.shape).prod() + self.action_dim
+            self.q_net = nn.Sequential(nn.Linear(obs_action_dim, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
+            self.q_net.append(nn.Linear(64, 1))
 
     def get_value(self, x):
         return self.critic(x)
 
-    def get_experts(self, x):  # -> mixture logits [B, K], expert means [B, K, A], expert log-stds [B, K, A]
-        expert_means = self.actor_mean(x).view(-1, self.num_experts, self.act_dim)
-        expert_log_stds = self.actor_logstd.view(1, self.num_experts, self.act_dim).expand_as(expert_means)
-        return self.router(x), expert_means, expert_log_stds
+    def get_experts(self, x):  # -> router logits [B, K], expert means [B, K, A], expert log-stds [B, K, A]
+        expert_means = self.actor_mean(x).view(-1, self.num_experts, self.action_dim)
+        expert_logstds = self.actor_logstd.view(1, self.num_experts, self.action_dim).expand_as(expert_means)
+        return self.router(x), expert_means, expert_logstds
 
-    def get_action_and_value(self, x):  # rollout: z ~ Cat(w(s)), then a ~ N(mu_z, sigma_z); logprob of the mixture
-        mix_logits, expert_means, expert_log_stds = self.get_experts(x)
-        expert = torch.multinomial(mix_logits.softmax(-1), 1).squeeze(-1)  # [B]
-        rows = torch.arange(len(x), device=x.device)
-        mean, log_std = expert_means[rows, expert], expert_log_stds[rows, expert]  # the chosen expert's [B, A]
-        action = mean + log_std.exp() * torch.randn_like(mean)  # [B, A]
-        return action, mixture_log_prob(action, mix_logits, expert_means, expert_log_stds), self.critic(x), expert
+    def get_action_and_value(self, x, action=None):
+        mix_logits, expert_means, expert_logstds = self.get_experts(x)
+        if self.policy_type == "pmoe":
+            if action is None:  # z ~ Cat(w(s)), then a ~ N(mu_z, sigma_z)
+                expert = Categorical(logits=mix_logits).sample()  # [B]
+                rows = torch.arange(len(x), device=x.device)
+                action = torch.normal(expert_means[rows, expert], expert_logstds[rows, expert].exp())  # [B, A]
+            logprob = mixture_log_prob(action, mix_logits, expert_means, expert_logstds)
+            return action, logprob, mixture_entropy_bound(mix_logits, expert_logstds), self.critic(x)
+        action_mean, action_logstd = combine_experts(self.policy_type, mix_logits, expert_means, expert_logstds)
+        action_std = torch.exp(action_logstd)
+        probs = Normal(action_mean, action_std)
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action).sum(1), probs.entropy().sum(1), self.critic(x)
+
+    def get_eval_action(self, x, eval_expert):  # deterministic: the mean of one expert, or of the combined Gaussian
+        mix_logits, expert_means, expert_logstds = self.get_experts(x)
+        if self.policy_type != "pmoe":
+            return combine_experts(self.policy_type, mix_logits, expert_means, expert_logstds)[0]
+        expert = mix_logits.argmax(-1) if eval_expert == "argmax" else Categorical(logits=mix_logits).sample()
+        return expert_means[torch.arange(len(x), device=x.device), expert]
 
 
-def mixture_log_prob(action, mix_logits, expert_means, expert_log_stds):
-    """log pi(a|s) = logsumexp_k [log w_k + sum_d log N(a_d; mu_kd, sigma_kd)], pi = sum_k w_k pi_k. action [B, A],
-    mix_logits [B, K], expert_means/log_stds [B, K, A] -> [B]. log(w . exp(.)) would underflow to -inf in 17-D."""
-    z = (action.unsqueeze(1) - expert_means) * torch.exp(-expert_log_stds)  # [B, K, A]
-    expert_log_probs = (-0.5 * z.pow(2) - expert_log_stds - 0.5 * np.log(2 * np.pi)).sum(-1)  # [B, K]
-    return torch.logsumexp(mix_logits.log_softmax(-1) + expert_log_probs, dim=-1)  # [B]
+def compute_gae(rewards, values, dones, next_value, next_done, args):
+    """CleanRL's GAE (Schulman et al. 2015, arXiv 1506.02438, eq. 16); dones[t] = 1 when obs[t] starts a new
+    episode. rewards, values, dones [T, N]; next_value, next_done [N] -> advantages, lambda-returns [T, N]"""
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = 0
+    for t in reversed(range(args.num_steps)):
+        if t == args.num_steps - 1:
+            nextnonterminal = 1.0 - next_done
+            nextvalues = next_value
+        else:
+            nextnonterminal = 1.0 - dones[t + 1]
+            nextvalues = values[t + 1]
+        delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
+        advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+    returns = advantages + values
+    return advantages, returns
 
 
-def mixture_entropy_bound(mix_logits, expert_log_stds):
-    """H(w) + sum_k w_k H(N_k) >= H(mixture): the mixture entropy has no closed form; equal to it for K=1. -> [B]"""
-    log_w = mix_logits.log_softmax(-1)  # [B, K]
-    expert_entropy = (0.5 + 0.5 * np.log(2 * np.pi) + expert_log_stds).sum(-1)  # [B, K]
-    return (log_w.exp() * (expert_entropy - log_w)).sum(-1)
+def ppo_loss(agent, args, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values, mb_inds):
+    """CleanRL's minibatch loss: PPO (Schulman et al. 2017, arXiv 1707.06347) eq. 9 with the clipped surrogate of
+    eq. 7, on the rows mb_inds of the flat batch. -> loss, pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl,
+    clipfrac"""
+    _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+    # for pmoe a ratio of mixture densities: its gradient reaches w and all K experts
+    logratio = newlogprob - b_logprobs[mb_inds]
+    ratio = logratio.exp()
+
+    with torch.no_grad():
+        # calculate approx_kl http://joschu.net/blog/kl-approx.html
+        old_approx_kl = (-logratio).mean()
+        approx_kl = ((ratio - 1) - logratio).mean()
+        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+
+    mb_advantages = b_advantages[mb_inds]
+    if args.norm_adv:
+        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+    # Policy loss
+    pg_loss1 = -mb_advantages * ratio
+    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+    # Value loss
+    newvalue = newvalue.view(-1)
+    if args.clip_vloss:
+        v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
+        v_clipped = b_values[mb_inds] + torch.clamp(
+            newvalue - b_values[mb_inds],
+            -args.clip_coef,
+            args.clip_coef,
+        )
+        v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
+        v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
+        v_loss = 0.5 * v_loss_max.mean()
+    else:
+        v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+
+    entropy_loss = entropy.mean()
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+    return loss, pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac
 
 
 def route_loss_fn(mix_logits, expert_q_values):
-    """PMOE frequency approximate gradient MSE(w(s), one_hot(argmax_k Q(s, a_k))), mean over [B, K]: its expected
-    gradient 2(w_k - f_k(s)) drives w_k(s) to the frequency f_k(s) with which expert k scores best."""
+    """PMOE's frequency approximate gradient: MSE(w(s), one_hot(argmax_k Q(s, a_k))), the mean over [B, K]
+    (rlkit-pmoe PMOEsac.py::PMOESACTrainer.train_from_torch; co-author pmoe_ppo.py::PMOE_PPO.train_net). Its
+    expected gradient 2(w_k - f_k(s)) moves w_k(s) to the frequency f_k(s) with which expert k scores best."""
     best = F.one_hot(expert_q_values.argmax(-1), mix_logits.shape[-1]).to(mix_logits.dtype)  # [B, K]
     return F.mse_loss(mix_logits.softmax(-1), best)
 
 
-def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
-    """CleanRL's GAE; dones[t] = 1 when obs[t] starts a new episode. rewards, values, dones [T, N]; next_value,
-    next_done [N] -> advantages [T, N], lambda-returns [T, N]."""
-    advantages, lastgaelam = torch.zeros_like(rewards), 0
-    for t in reversed(range(rewards.shape[0])):
-        nextnonterminal = 1.0 - (next_done if t == rewards.shape[0] - 1 else dones[t + 1])
-        nextvalues = next_value if t == rewards.shape[0] - 1 else values[t + 1]
-        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
-        advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
-    return advantages, advantages + values
+def pmoe_losses(agent, mb_obs, mb_actions, mb_returns):
+    """PMOE's two extra losses (co-author pmoe_ppo.py::PMOE_PPO.train_net). mb_obs [M, O], mb_actions [M, A],
+    mb_returns [M] -> q_loss (Q(s, a) regressed onto the lambda-returns), route_loss (trains the router only)"""
+    q_loss = F.mse_loss(agent.q_net(torch.cat([mb_obs, mb_actions], -1)).view(-1), mb_returns)
+    with torch.no_grad():  # one fresh sample per expert, scored by Q: [M, K, A] -> [M, K]
+        _, expert_means, expert_logstds = agent.get_experts(mb_obs)
+        expert_actions = torch.normal(expert_means, expert_logstds.exp())
+        obs_per_expert = mb_obs.unsqueeze(1).expand(-1, agent.num_experts, -1)  # row b is paired with row b: [M, K, O]
+        expert_q = agent.q_net(torch.cat([obs_per_expert, expert_actions], -1)).squeeze(-1)
+    return q_loss, route_loss_fn(agent.router(mb_obs), expert_q)
 
 
-def evaluate(model_path, eval_episodes, eval_expert, device, seed, writer=None):
-    """Deterministic episodes of a saved model, with the saved obs statistics frozen. -> (returns, eval obs_rms)"""
-    ckpt = torch.load(model_path, map_location="cpu", weights_only=True)  # load_state_dict copies to device
-    saved = ckpt["args"]  # the env and the architecture come from the checkpoint, not from the CLI
+def evaluate(agent, args, obs_rms, eval_expert, device):
+    """--eval-episodes deterministic episodes, with the training observation statistics frozen (gymnasium >= 1.0's
+    update_running_mean; the fix for CleanRL issues #425/#532). obs_rms: {"mean", "var", "count"} -> returns"""
     envs = gym.vector.SyncVectorEnv(
-        [make_env(saved["env_id"], saved["gamma"])], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+        [make_env(args.env_id, 0, False, "", args.gamma)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    obs_norm, stats = find_wrapper(envs.envs[0], gym.wrappers.NormalizeObservation), ckpt["obs_rms"][0]  # sub-env 0's
-    obs_norm.obs_rms.mean, obs_norm.obs_rms.var, obs_norm.obs_rms.count = (
-        stats[k].numpy() for k in ("mean", "var", "count")
-    )
-    obs_norm.update_running_mean = False  # gymnasium >= 1.0: freeze, the fix for CleanRL issues #425/#532
-    find_wrapper(envs.envs[0], gym.wrappers.NormalizeReward).update_running_mean = False
-    agent = Agent(envs, saved["num_experts"], saved["gradient_estimator"] == "pmoe" and saved["num_experts"] > 1).to(
-        device
-    )
-    agent.load_state_dict(ckpt["model"])
-    episodic_returns, (obs, _) = [], envs.reset(seed=seed)
-    while len(episodic_returns) < eval_episodes:
+    obs_norm = find_wrapper(envs.envs[0], gym.wrappers.NormalizeObservation)
+    obs_norm.obs_rms.mean = obs_rms["mean"].numpy().copy()
+    obs_norm.obs_rms.var = obs_rms["var"].numpy().copy()
+    obs_norm.obs_rms.count = obs_rms["count"].item()
+    obs_norm.update_running_mean = False
+    obs, _ = envs.reset(seed=args.seed)
+    torch.manual_seed(args.seed)  # the sampled-expert evaluation gives the same returns from a saved model
+    episodic_returns = []
+    while len(episodic_returns) < args.eval_episodes:
         with torch.no_grad():
-            mix_logits, expert_means, _ = agent.get_experts(torch.Tensor(obs).to(device))
-            expert = (
-                mix_logits.argmax(-1) if eval_expert == "argmax" else torch.multinomial(mix_logits.softmax(-1), 1)[:, 0]
-            )
-            action = expert_means[torch.arange(len(expert), device=device), expert]  # [1, A], the chosen expert's mean
+            action = agent.get_eval_action(torch.Tensor(obs).to(device), eval_expert)
         obs, _, _, _, infos = envs.step(action.cpu().numpy())
         if "final_info" in infos and "_episode" in infos["final_info"]:
             episodic_returns += infos["final_info"]["episode"]["r"][infos["final_info"]["_episode"]].tolist()
     envs.close()
-    for idx, episodic_return in enumerate(episodic_returns if writer is not None else []):
-        writer.add_scalar("eval/episodic_return", episodic_return, idx)
-    print(f"eval/episodic_return mean={np.mean(episodic_returns):.2f} over {len(episodic_returns)} episodes")
-    return episodic_returns, obs_norm.obs_rms
+    return episodic_returns
 
 
 def main(args: Args) -> dict:
     args.batch_size = int(args.num_envs * args.num_steps)
     args.minibatch_size = int(args.batch_size // max(args.num_minibatches, 1))
     args.num_iterations = args.total_timesteps // args.batch_size
+    mujoco.set_mju_user_warning(mujoco_warning)
     validate(args)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if args.track:
@@ -303,83 +404,104 @@ def main(args: Args) -> dict:
             save_code=True,
         )
     writer = SummaryWriter(f"runs/{run_name}")
-    table = "\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])
-    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
+    )
+
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if args.eval_only:
-        episodic_returns, _ = evaluate(args.model_path, args.eval_episodes, args.eval_expert, device, args.seed, writer)
-        writer.close()
-        return {"eval_return": float(np.mean(episodic_returns)), "eval_returns": episodic_returns}
-    # env setup: SAME_STEP autoreset reproduces gymnasium 0.29 semantics (terminal info in infos["final_info"])
+
+    if args.eval_only:  # the env and the architecture come from the checkpoint, not from the CLI
+        ckpt = torch.load(args.model_path, map_location="cpu", weights_only=True)
+        for key in ("env_id", "gamma", "num_experts", "policy_type", "gradient_estimator"):
+            setattr(args, key, ckpt["args"][key])
+
+    # env setup
+    # gymnasium 1.x: SAME_STEP autoreset keeps 0.29's semantics (the finished episode in infos["final_info"])
     envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, args.gamma) for i in range(args.num_envs)],
+        [make_env(args.env_id, i, args.capture_video, run_name, args.gamma) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    K = args.num_experts
-    # K=1 or the mixture ablation train no Q-net and no routing loss: K=1 is then exactly CleanRL PPO
-    use_routing = args.gradient_estimator == "pmoe" and K > 1
-    agent = Agent(envs, K, use_routing).to(device)
-    optimizer = torch.optim.Adam(
-        agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True
-    )  # fused: same math, faster
-    ppo_params = [p for name, p in agent.named_parameters() if not name.startswith("q_net.")]
+    assert isinstance(envs.single_action_space, gym.spaces.Box), "only continuous action space is supported"
+
+    # Q-net and routing loss for PMOE with K > 1 only: K=1 is then CleanRL PPO, gating and mcp are plain PPO
+    use_routing = args.policy_type == "pmoe" and args.gradient_estimator == "pmoe" and args.num_experts > 1
+    agent = Agent(envs, args.num_experts, args.policy_type, use_routing).to(device)
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    if args.eval_only:
+        agent.load_state_dict(ckpt["model"])
+        args.num_iterations, obs_rms = 0, ckpt["obs_rms"]
+
     # ALGO Logic: Storage setup
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape).to(device)
     actions = torch.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape).to(device)
-    experts = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long).to(device)  # chosen expert z
-    # logprobs holds the mixture log-density log pi(a|s) of the executed action
-    logprobs, rewards, dones, values = (torch.zeros((args.num_steps, args.num_envs)).to(device) for _ in range(4))
+    logprobs = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    rewards = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    dones = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    values = torch.zeros((args.num_steps, args.num_envs)).to(device)
+
     # TRY NOT TO MODIFY: start the game
-    global_step, episode_returns = 0, []
-    q_loss = route_loss = torch.zeros(())
+    global_step = 0
     start_time = time.time()
-    next_obs = torch.Tensor(envs.reset(seed=args.seed)[0]).to(device)
+    next_obs, _ = envs.reset(seed=args.seed)
+    next_obs = torch.Tensor(next_obs).to(device)
     next_done = torch.zeros(args.num_envs).to(device)
+    episodic_returns, metrics = [], {}
+    q_loss = route_loss = torch.zeros(())
+    progress = tqdm(total=args.num_iterations * args.batch_size, unit="step", disable=args.eval_only)
 
     for iteration in range(1, args.num_iterations + 1):
-        if args.anneal_lr:  # Annealing the rate if instructed to do so.
-            optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
+        # Annealing the rate if instructed to do so.
+        if args.anneal_lr:
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations
+            lrnow = frac * args.learning_rate
+            optimizer.param_groups[0]["lr"] = lrnow
 
         for step in range(0, args.num_steps):
             global_step += args.num_envs
             obs[step] = next_obs
             dones[step] = next_done
+
             # ALGO LOGIC: action logic
             with torch.no_grad():
-                action, logprob, value, expert = agent.get_action_and_value(next_obs)
+                action, logprob, _, value = agent.get_action_and_value(next_obs)
                 values[step] = value.flatten()
-            actions[step], experts[step], logprobs[step] = action, expert, logprob
+            actions[step] = action
+            # for pmoe the mixture log-density log pi(a|s)
+            logprobs[step] = logprob
+
             # TRY NOT TO MODIFY: execute the game and log data.
             next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
             next_done = np.logical_or(terminations, truncations)
             rewards[step] = torch.tensor(reward).to(device).view(-1)
             next_obs, next_done = torch.Tensor(next_obs).to(device), torch.Tensor(next_done).to(device)
-            # SAME_STEP: the ended episode's RecordEpisodeStatistics info is in infos["final_info"],
-            # masked by "_episode"
-            if "final_info" in infos and "_episode" in infos["final_info"]:
-                episodes_over, episode = np.nonzero(infos["final_info"]["_episode"])[0], infos["final_info"]["episode"]
-                for episodic_return, episodic_length in zip(episode["r"][episodes_over], episode["l"][episodes_over]):
-                    print(f"global_step={global_step}, episodic_return={episodic_return}")
-                    writer.add_scalar("charts/episodic_return", episodic_return, global_step)
-                    writer.add_scalar("charts/episodic_length", episodic_length, global_step)
-                    episode_returns.append(float(episodic_return))
 
-        # bootstrap value if not done (CleanRL: truncations are treated as terminations)
+            # gymnasium 1.x SAME_STEP: one batched dict of the finished episodes, masked by "_episode"
+            if "final_info" in infos and "_episode" in infos["final_info"]:
+                for i in np.nonzero(infos["final_info"]["_episode"])[0]:
+                    info = {"episode": {key: value[i] for key, value in infos["final_info"]["episode"].items()}}
+                    episodic_returns.append(float(info["episode"]["r"]))
+                    writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step)
+                    writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step)
+
+        # bootstrap value if not done
         with torch.no_grad():
-            next_value = agent.get_value(next_obs).reshape(-1)
-            advantages, returns = compute_gae(
-                rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
-            )
+            next_value = agent.get_value(next_obs).reshape(1, -1)
+            advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args)
 
         # flatten the batch
         b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
+        b_logprobs = logprobs.reshape(-1)
         b_actions = actions.reshape((-1,) + envs.single_action_space.shape)
-        b_logprobs, b_advantages, b_returns, b_values = (x.reshape(-1) for x in (logprobs, advantages, returns, values))
+        b_advantages = advantages.reshape(-1)
+        b_returns = returns.reshape(-1)
+        b_values = values.reshape(-1)
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
@@ -387,55 +509,22 @@ def main(args: Args) -> dict:
         for epoch in range(args.update_epochs):
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
-                mb_inds = b_inds[start : start + args.minibatch_size]
-                # CleanRL's get_action_and_value(obs, action), unrolled: the routing loss reuses the expert outputs
-                mix_logits, expert_means, expert_log_stds = agent.get_experts(b_obs[mb_inds])
-                newlogprob = mixture_log_prob(b_actions[mb_inds], mix_logits, expert_means, expert_log_stds)
-                entropy, newvalue = mixture_entropy_bound(mix_logits, expert_log_stds), agent.get_value(b_obs[mb_inds])
-                logratio = newlogprob - b_logprobs[mb_inds]  # mixture ratio: gradient reaches w and all K experts
-                ratio = logratio.exp()
-                with torch.no_grad():
-                    # calculate approx_kl http://joschu.net/blog/kl-approx.html
-                    old_approx_kl = (-logratio).mean()
-                    approx_kl = ((ratio - 1) - logratio).mean()
-                    clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
-                mb_advantages = b_advantages[mb_inds]
-                if args.norm_adv:
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-                # Policy loss
-                pg_loss1 = -mb_advantages * ratio
-                pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
-                # Value loss
-                newvalue = newvalue.view(-1)
-                if args.clip_vloss:
-                    v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-                    v_clipped = b_values[mb_inds] + torch.clamp(
-                        newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef
-                    )
-                    v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
-                    v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
-                else:
-                    v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
-                entropy_loss = entropy.mean()
-                loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                end = start + args.minibatch_size
+                mb_inds = b_inds[start:end]
+
+                loss, pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac = ppo_loss(
+                    agent, args, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values, mb_inds
+                )
+                clipfracs += [clipfrac.item()]
                 if use_routing:
-                    mb_obs = b_obs[mb_inds]  # [M, O]
-                    # Q(s, a) regressed onto the lambda-returns R = A_GAE + V_old (the co-author's "td_target")
-                    q_loss = F.mse_loss(
-                        agent.q_net(torch.cat([mb_obs, b_actions[mb_inds]], -1)).view(-1), b_returns[mb_inds]
-                    )
-                    with torch.no_grad():  # one fresh sample per expert, scored by Q: [M, K, A] -> [M, K]
-                        expert_actions = expert_means + expert_log_stds.exp() * torch.randn_like(expert_means)
-                        expert_q = agent.q_net(torch.cat([mb_obs.unsqueeze(1).expand(-1, K, -1), expert_actions], -1))
-                    route_loss = route_loss_fn(mix_logits, expert_q.squeeze(-1))  # trains the router only
+                    q_loss, route_loss = pmoe_losses(agent, b_obs[mb_inds], b_actions[mb_inds], b_returns[mb_inds])
                     loss = loss + args.q_coef * q_loss + args.route_coef * route_loss
-                if not torch.isfinite(loss):  # sync point; free on CPU, where .item() above already syncs
+                if not torch.isfinite(loss):  # CPU: free, clipfrac.item() has synced already
                     raise SystemExit(f"error: non-finite loss at global_step {global_step}: lower --learning-rate")
+
                 optimizer.zero_grad()
                 loss.backward()
-                # clip the PPO parameters as CleanRL does; the Q-net stays out so its loss cannot shrink the PPO step
-                nn.utils.clip_grad_norm_(ppo_params, args.max_grad_norm)
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                 optimizer.step()
 
             if args.target_kl is not None and approx_kl > args.target_kl:
@@ -444,10 +533,12 @@ def main(args: Args) -> dict:
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-        with torch.no_grad():
-            w = agent.router(b_obs).softmax(-1)  # [B, K] routing weights over the rollout
-            route_entropy = -(w * w.clamp_min(1e-12).log()).sum(-1).mean()
-            expert_usage = torch.bincount(experts.flatten(), minlength=K) / args.batch_size  # [K]
+        with torch.no_grad():  # routing diagnostics over the rollout
+            mix_logits, expert_means, expert_logstds = agent.get_experts(b_obs)
+            w = mix_logits.softmax(-1)  # [B, K]
+            route_entropy = -(w * mix_logits.log_softmax(-1)).sum(-1).mean()
+            # how far the experts are from their centre, in units of their std: near 0, Q cannot tell them apart
+            deviations = (expert_means - expert_means.mean(1, keepdim=True)) / expert_logstds.exp()  # [B, K, A]
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
         metrics = {
@@ -458,41 +549,48 @@ def main(args: Args) -> dict:
             "losses/old_approx_kl": old_approx_kl.item(),
             "losses/approx_kl": approx_kl.item(),
             "losses/clipfrac": np.mean(clipfracs),
-            "losses/explained_variance": float(explained_var),
+            "losses/explained_variance": explained_var,
             "losses/q_loss": q_loss.item(),
             "losses/route_loss": route_loss.item(),
             "charts/route_entropy": route_entropy.item(),
+            "charts/expert_spread": deviations.pow(2).mean().sqrt().item(),
             "charts/SPS": int(global_step / (time.time() - start_time)),
-            **{f"charts/expert_usage_{k}": usage for k, usage in enumerate(expert_usage.tolist())},
         }
+        for k, usage in enumerate(w.mean(0).tolist()):  # the mean routing weight of expert k over the rollout
+            metrics[f"charts/expert_usage_{k}"] = usage
         for name, value in metrics.items():
             writer.add_scalar(name, value, global_step)
-        print("SPS:", metrics["charts/SPS"])
+        progress.update(args.batch_size)
+        progress.set_postfix(
+            episodic_return=episodic_returns[-1] if episodic_returns else None, SPS=metrics["charts/SPS"]
+        )
+    progress.close()
 
-    summary = dict(
-        metrics,
-        global_step=global_step,
-        episodes=len(episode_returns),
-        sps=metrics["charts/SPS"],
-        final_return=float(np.mean(episode_returns[-10:])) if episode_returns else float("nan"),
-    )
+    summary = dict(metrics, global_step=global_step, episodes=len(episodic_returns))
+    summary["final_return"] = float(np.mean(episodic_returns[-10:])) if episodic_returns else float("nan")
+    if not args.eval_only:  # evaluation normalises observations with sub-env 0's statistics
+        obs_rms = running_stats(find_wrapper(envs.envs[0], gym.wrappers.NormalizeObservation).obs_rms)
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
-        checkpoint = {  # plain tensors and python scalars: loadable with torch.load(weights_only=True)
-            "model": agent.state_dict(),
-            "args": vars(args),
-            "obs_rms": [
-                running_stats(find_wrapper(env, gym.wrappers.NormalizeObservation).obs_rms) for env in envs.envs
-            ],
-        }
+        # plain tensors and python scalars: loadable with torch.load(weights_only=True)
+        checkpoint = {"model": agent.state_dict(), "args": vars(args), "obs_rms": obs_rms}
         torch.save(checkpoint, model_path + ".tmp")
         os.replace(model_path + ".tmp", model_path)  # atomic: a crash never leaves a half-written model
         print(f"model saved to {model_path}")
-        episodic_returns, _ = evaluate(model_path, args.eval_episodes, args.eval_expert, device, args.seed, writer)
-        summary.update(model_path=model_path, eval_return=float(np.mean(episodic_returns)))
+        summary["model_path"] = model_path
+
+    for eval_expert in ("argmax", "sample"):
+        mean_return = float(np.mean(evaluate(agent, args, obs_rms, eval_expert, device)))
+        summary[f"eval/episodic_return_{eval_expert}"] = mean_return
+        writer.add_scalar(f"eval/episodic_return_{eval_expert}", mean_return, global_step)
+    summary["eval/episodic_return"] = summary[f"eval/episodic_return_{args.eval_expert}"]
+    writer.add_scalar("eval/episodic_return", summary["eval/episodic_return"], global_step)
+    print(", ".join(f"{key}={value:.2f}" for key, value in summary.items() if key.startswith("eval/")))
 
     envs.close()
     writer.close()
+    if args.track and args.capture_video:  # wandb's monitor_gym hook does not handle gymnasium 1.x's RecordVideo
+        wandb.save(f"videos/{run_name}/*.mp4")
     return summary
 
 

@@ -1,12 +1,20 @@
-"""Tests for pmoe_ppo.py: math helpers against independent references, a short real training run
-(every parameter moves, losses finite), frozen-statistics evaluation, CPU determinism and bad-input exits."""
+"""Tests for pmoe_ppo.py. Each algorithm helper is checked against an independent computation (a brute-force sum, a
+numerical integral, torch.distributions, or numbers worked out by hand) at shapes where batching bugs show (B >= 4,
+K >= 3). A few short real training runs (seconds each, named `*_run_*`) check that every parameter trains, that the
+first minibatch sees a ratio of exactly 1, that the checkpoint holds the trained weights and that evaluation is
+reproducible. Subprocess tests (`*_subprocess_*`) check the CLI, bad input and the recorded video."""
 
 import dataclasses
+import glob
 import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
+import gymnasium as gym
+import imageio_ffmpeg
+import mujoco
 import numpy as np
 import pytest
 import torch
@@ -16,6 +24,7 @@ import pmoe_ppo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(env_id="Hopper-v5", num_steps=64, total_timesteps=128, num_minibatches=2, update_epochs=2, num_experts=3)
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,6 +34,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def fake_envs(obs_dim, act_dim):  # what Agent reads from a vector env
+    return SimpleNamespace(
+        single_observation_space=gym.spaces.Box(-np.inf, np.inf, (obs_dim,)),
+        single_action_space=gym.spaces.Box(-1.0, 1.0, (act_dim,)),
+    )
+
+
+# ---------------------------------------------------------------- GAE
 
 
 def reference_gae(rewards, values, dones, next_value, next_done, gamma, lam):
@@ -46,34 +65,44 @@ def reference_gae(rewards, values, dones, next_value, next_done, gamma, lam):
     return adv
 
 
-def test_compute_gae_matches_python_loop_with_episode_boundaries():
+@pytest.mark.parametrize("next_value_shape", ["[N]", "[1, N] (main's reshape(1, -1))"])
+def test_compute_gae_matches_python_loop_with_episode_boundaries(next_value_shape):
     g = torch.Generator().manual_seed(0)
-    T, N = 37, 3
+    T, N = 37, 4
     rewards, values = torch.randn(T, N, generator=g), torch.randn(T, N, generator=g)
     dones = (torch.rand(T, N, generator=g) < 0.15).float()
-    next_value, next_done = torch.randn(N, generator=g), torch.tensor([0.0, 1.0, 0.0])
+    next_value, next_done = torch.randn(N, generator=g), torch.tensor([0.0, 1.0, 0.0, 1.0])
     assert dones.sum() > 3  # the data really contains boundaries
-    advantages, returns = pmoe_ppo.compute_gae(rewards, values, dones, next_value, next_done, 0.99, 0.95)
     expected = torch.tensor(
         reference_gae(
             rewards.tolist(), values.tolist(), dones.tolist(), next_value.tolist(), next_done.tolist(), 0.99, 0.95
         )
     )
+    bootstrap = next_value if next_value_shape == "[N]" else next_value.reshape(1, -1)
+    args = SimpleNamespace(num_steps=T, gamma=0.99, gae_lambda=0.95)
+    advantages, returns = pmoe_ppo.compute_gae(rewards, values, dones, bootstrap, next_done, args)
     torch.testing.assert_close(advantages, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(returns, expected + values, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the three policies' densities
 
 
 def torch_mixture(mix_logits, means, log_stds):
     return MixtureSameFamily(Categorical(logits=mix_logits), Independent(Normal(means, log_stds.exp()), 1))
 
 
-def test_mixture_log_prob_matches_mixture_same_family():
-    g = torch.Generator().manual_seed(1)
-    B, K, A = 16, 4, 6
+def random_experts(seed, B, K, A):
+    g = torch.Generator().manual_seed(seed)
     mix_logits, means = torch.randn(B, K, generator=g), torch.randn(B, K, A, generator=g)
-    log_stds, action = 0.5 * torch.randn(B, K, A, generator=g), 2 * torch.randn(B, A, generator=g)
+    log_stds, action = 0.5 * torch.randn(B, K, A, generator=g), 1.5 * torch.randn(B, A, generator=g)
+    return mix_logits, means, log_stds, action
+
+
+def test_mixture_log_prob_matches_mixture_same_family():
+    mix_logits, means, log_stds, action = random_experts(1, B=16, K=4, A=6)
     ours = pmoe_ppo.mixture_log_prob(action, mix_logits, means, log_stds)
-    assert ours.shape == (B,) and ours.dtype == torch.float32
+    assert ours.shape == (16,) and ours.dtype == torch.float32
     torch.testing.assert_close(ours, torch_mixture(mix_logits, means, log_stds).log_prob(action), rtol=1e-5, atol=1e-5)
 
 
@@ -84,56 +113,307 @@ def test_mixture_log_prob_finite_for_far_17d_actions():
     log_stds = torch.full((B, K, A), -2.0)
     action = torch.full((B, A), 30.0)  # hundreds of sigmas away from every expert
     ours = pmoe_ppo.mixture_log_prob(action, mix_logits, means, log_stds)
-    naive = torch.log(
-        (
-            mix_logits.softmax(-1)
-            * torch_mixture(mix_logits, means, log_stds).component_distribution.log_prob(action.unsqueeze(1)).exp()
-        ).sum(-1)
-    )
+    components = torch_mixture(mix_logits, means, log_stds).component_distribution.log_prob(action.unsqueeze(1))
+    naive = torch.log((mix_logits.softmax(-1) * components.exp()).sum(-1))
     assert torch.isneginf(naive).all()  # what log(w . exp(log N)) gives: the reason for logsumexp
     assert torch.isfinite(ours).all()
     ours.sum().backward()
     assert torch.isfinite(means.grad).all()
 
 
-def test_k1_mixture_equals_single_gaussian_and_entropy():
-    g = torch.Generator().manual_seed(3)
+def numeric_log_density(log_unnormalised, points, grid):
+    """log p(x) for p proportional to exp(log_unnormalised), normalised by a Riemann sum on `grid` (1-D, float64)."""
+    dx = grid[1] - grid[0]
+    log_z = torch.logsumexp(log_unnormalised(grid), 0) + math.log(dx)
+    return log_unnormalised(points) - log_z
+
+
+def gaussian_log_pdf(x, mean, std):  # float64 1-D density, written out so it is not torch's Normal
+    return -0.5 * ((x - mean) / std) ** 2 - math.log(std) - LOG_SQRT_2PI
+
+
+def agent_with_experts(policy_type, mix_logits, means, log_stds):
+    """A real Agent whose get_experts returns the given tensors, so get_action_and_value is what is tested."""
+    B, K, A = means.shape
+    agent = pmoe_ppo.Agent(fake_envs(3, A), K, policy_type, use_routing=False)
+    agent.get_experts = lambda x: (mix_logits, means, log_stds)
+    return agent
+
+
+def test_mcp_log_prob_is_the_normalised_weighted_product_of_experts():
+    """MCP: pi(a|s) proportional to prod_k N_k(a)^w_k. Reference: normalise that product numerically on a grid."""
+    mix_logits, means, log_stds, action = random_experts(3, B=4, K=3, A=2)
+    agent = agent_with_experts("mcp", mix_logits, means, log_stds)
+    _, ours, entropy, _ = agent.get_action_and_value(torch.zeros(4, 3), action)
+    w = mix_logits.softmax(-1).double()
+    grid = torch.linspace(-15, 15, 60001, dtype=torch.float64)
+    expected = torch.zeros(4, dtype=torch.float64)
+    for b in range(4):
+        for d in range(2):
+
+            def log_product(x, b=b, d=d):
+                terms = [
+                    w[b, k] * gaussian_log_pdf(x, means[b, k, d].double(), log_stds[b, k, d].double().exp())
+                    for k in range(3)
+                ]
+                return sum(terms)
+
+            point = action[b, d].double().reshape(1)
+            expected[b] += numeric_log_density(log_product, point, grid)[0]
+    torch.testing.assert_close(ours.double(), expected, rtol=0, atol=1e-4)
+    assert entropy.shape == (4,)
+
+
+def test_gating_log_prob_is_one_gaussian_of_weighted_means_and_log_stds():
+    mix_logits, means, log_stds, action = random_experts(4, B=5, K=3, A=2)
+    agent = agent_with_experts("gating", mix_logits, means, log_stds)
+    _, ours, entropy, _ = agent.get_action_and_value(torch.zeros(5, 3), action)
+    expected, expected_entropy = [], []
+    for b in range(5):
+        w = mix_logits[b].softmax(-1).tolist()
+        total, total_entropy = 0.0, 0.0
+        for d in range(2):
+            mean = sum(w[k] * means[b, k, d].item() for k in range(3))
+            std = math.exp(sum(w[k] * log_stds[b, k, d].item() for k in range(3)))
+            total += gaussian_log_pdf(action[b, d].item(), mean, std)
+            total_entropy += 0.5 + LOG_SQRT_2PI + math.log(std)  # a Gaussian's entropy, 0.5 log(2 pi e sigma^2)
+        expected.append(total)
+        expected_entropy.append(total_entropy)
+    torch.testing.assert_close(ours, torch.tensor(expected), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(entropy, torch.tensor(expected_entropy), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy_type", ["pmoe", "gating", "mcp"])
+def test_k1_policy_is_a_single_gaussian(policy_type):
+    g = torch.Generator().manual_seed(5)
     B, A = 10, 17
-    mean, log_std, action = (
-        torch.randn(B, A, generator=g),
-        torch.randn(B, A, generator=g),
-        torch.randn(B, A, generator=g),
-    )
+    mean, log_std, action = (torch.randn(B, A, generator=g) for _ in range(3))
     mix_logits = torch.randn(B, 1, generator=g)  # any logits: w = 1
+    agent = agent_with_experts(policy_type, mix_logits, mean.unsqueeze(1), log_std.unsqueeze(1))
+    _, logprob, entropy, _ = agent.get_action_and_value(torch.zeros(B, 3), action)
     normal = Normal(mean, log_std.exp())
-    ours = pmoe_ppo.mixture_log_prob(action, mix_logits, mean.unsqueeze(1), log_std.unsqueeze(1))
-    torch.testing.assert_close(ours, normal.log_prob(action).sum(-1))
-    entropy = pmoe_ppo.mixture_entropy_bound(mix_logits, log_std.unsqueeze(1))
+    torch.testing.assert_close(logprob, normal.log_prob(action).sum(-1))
     torch.testing.assert_close(entropy, normal.entropy().sum(-1))
 
 
-def test_entropy_bound_is_above_monte_carlo_mixture_entropy():
-    g = torch.Generator().manual_seed(4)
-    mix_logits, means, log_stds = (
-        torch.randn(2, 3, generator=g),
-        torch.randn(2, 3, 2, generator=g),
-        torch.zeros(2, 3, 2),
-    )
+def monte_carlo_entropy(mix_logits, means, log_stds, n=40000):
     mixture = torch_mixture(mix_logits, means, log_stds)
     torch.manual_seed(0)
-    mc_entropy = -mixture.log_prob(mixture.sample((20000,))).mean(0)  # [2]
-    assert (pmoe_ppo.mixture_entropy_bound(mix_logits, log_stds) >= mc_entropy - 0.02).all()
+    return -mixture.log_prob(mixture.sample((n,))).mean(0)  # [B]
 
 
-def test_route_loss_regresses_w_onto_one_hot_argmax_q():
-    mix_logits = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 0.0]], requires_grad=True)
-    q = torch.tensor([[5.0, 1.0, 0.0], [0.0, 0.0, 3.0]])  # best experts: 0 and 2
-    w = mix_logits.softmax(-1)
-    expected = ((w - torch.tensor([[1.0, 0, 0], [0, 0, 1.0]])) ** 2).mean()
-    loss = pmoe_ppo.route_loss_fn(mix_logits, q)
-    torch.testing.assert_close(loss, expected)
-    loss.backward()
-    assert mix_logits.grad[0, 0] < 0 and mix_logits.grad[1, 2] < 0  # the best expert's weight goes up
+def test_entropy_bound_equals_mixture_entropy_for_separated_experts():
+    """With non-overlapping experts H(mixture) = H(w) + sum_k w_k H(N_k) exactly: the bound must match, which it
+    cannot if the router's entropy H(w) is counted twice (or dropped)."""
+    g = torch.Generator().manual_seed(6)
+    B, K, A = 4, 3, 2
+    mix_logits = torch.randn(B, K, generator=g)
+    log_stds = 0.3 * torch.randn(B, K, A, generator=g)
+    means = 100.0 * torch.arange(K, dtype=torch.float32).view(1, K, 1).expand(B, K, A).contiguous()
+    bound = pmoe_ppo.mixture_entropy_bound(mix_logits, log_stds)
+    torch.testing.assert_close(bound, monte_carlo_entropy(mix_logits, means, log_stds), rtol=0, atol=0.03)
+    assert (Categorical(logits=mix_logits).entropy() > 0.3).all()  # a double-counted H(w) would be far off
+
+
+def test_entropy_bound_lies_above_mixture_entropy_for_overlapping_experts():
+    g = torch.Generator().manual_seed(7)
+    B, K, A = 4, 3, 2
+    mix_logits, means, log_stds = (
+        torch.randn(B, K, generator=g),
+        torch.randn(B, K, A, generator=g),
+        torch.zeros(B, K, A),
+    )
+    mc_entropy = monte_carlo_entropy(mix_logits, means, log_stds)
+    bound = pmoe_ppo.mixture_entropy_bound(mix_logits, log_stds)
+    assert (bound >= mc_entropy - 0.03).all() and (bound - mc_entropy).max() > 0.1  # strict where experts overlap
+
+
+@pytest.mark.parametrize("policy_type", ["pmoe", "gating"])
+def test_eval_action_is_a_deterministic_mean(policy_type):
+    """pmoe: the mean of expert argmax_k w_k(s) (or of z ~ Cat(w)); gating: the w-weighted mean of the expert means."""
+    mix_logits, means, log_stds, _ = random_experts(10, B=6, K=3, A=2)
+    agent = agent_with_experts(policy_type, mix_logits, means, log_stds)
+    expected = torch.zeros(6, 2)
+    for b in range(6):
+        w = mix_logits[b].softmax(-1).tolist()
+        for d in range(2):
+            if policy_type == "pmoe":
+                expected[b, d] = means[b, w.index(max(w)), d]
+            else:
+                expected[b, d] = sum(w[k] * means[b, k, d].item() for k in range(3))
+    torch.testing.assert_close(agent.get_eval_action(torch.zeros(6, 3), "argmax"), expected)
+
+
+def test_eval_action_sample_draws_the_expert_from_w():
+    B, K, A = 3000, 3, 1
+    mix_logits = torch.log(torch.tensor([0.6, 0.3, 0.1])).expand(B, K)
+    means = torch.tensor([0.0, 1.0, 2.0]).view(1, K, 1).expand(B, K, A)  # the mean names the expert
+    agent = agent_with_experts("pmoe", mix_logits, means, torch.zeros(B, K, A))
+    torch.manual_seed(12)
+    chosen = agent.get_eval_action(torch.zeros(B, 3), "sample").view(-1).long()
+    frequencies = torch.bincount(chosen, minlength=K) / B
+    torch.testing.assert_close(frequencies, torch.tensor([0.6, 0.3, 0.1]), rtol=0, atol=0.03)
+
+
+# ---------------------------------------------------------------- PPO losses
+
+
+class StubAgent:
+    """get_action_and_value returns chosen log-probs, entropies and values, so ppo_loss's arithmetic is isolated."""
+
+    def __init__(self, newlogprob, entropy, newvalue):
+        self.out = newlogprob, entropy, newvalue
+
+    def get_action_and_value(self, obs, action):
+        return (action, *self.out)
+
+
+def loss_args(**overrides):
+    defaults = dict(norm_adv=False, clip_coef=0.2, clip_vloss=True, ent_coef=0.0, vf_coef=0.5)
+    return SimpleNamespace(**{**defaults, **overrides})
+
+
+def ppo_loss_with(ratio, advantages, newvalue=None, values=None, returns=None, **overrides):
+    M = len(ratio)
+    newlogprob = torch.log(torch.tensor(ratio)).requires_grad_()
+    newvalue = torch.zeros(M) if newvalue is None else torch.tensor(newvalue)
+    newvalue.requires_grad_()
+    out = pmoe_ppo.ppo_loss(
+        StubAgent(newlogprob, torch.zeros(M), newvalue.view(M, 1)),
+        loss_args(**overrides),
+        torch.zeros(M, 3),
+        torch.zeros(M, 2),
+        torch.zeros(M),  # old log-probs: ratio = exp(newlogprob - 0)
+        torch.tensor(advantages),
+        torch.zeros(M) if returns is None else torch.tensor(returns),
+        torch.zeros(M) if values is None else torch.tensor(values),
+        torch.arange(M),
+    )
+    return out, newlogprob, newvalue
+
+
+def test_clipped_surrogate_matches_hand_computed_values():
+    """PPO eq. 7 with eps = 0.2, worked by hand per row: the objective min(r A, clip(r) A), negated as a loss."""
+    ratio = [1.1, 1.5, 0.5, 0.9, 1.5, 0.5]
+    advantages = [2.0, 2.0, 2.0, -1.0, -1.0, -1.0]
+    # row objectives: 2.2 | clipped at 1.2*2 = 2.4 | 0.5*2 = 1.0 | -0.9 | -1.5 | clipped at 0.8*-1 = -0.8
+    expected_objective = [2.2, 2.4, 1.0, -0.9, -1.5, -0.8]
+    (loss, pg_loss, *_), newlogprob, _ = ppo_loss_with(ratio, advantages)
+    assert pg_loss.item() == pytest.approx(-sum(expected_objective) / 6, abs=1e-6)
+    pg_loss.backward()
+    # sign of the policy gradient: descending the loss raises the log-prob of positive-advantage actions
+    grad = newlogprob.grad * 6  # d(loss)/d(log r_i) = -A_i r_i where unclipped, 0 where the clip is active
+    expected_grad = [-2.2, 0.0, -1.0, 0.9, 1.5, 0.0]
+    torch.testing.assert_close(grad, torch.tensor(expected_grad), rtol=1e-5, atol=1e-6)
+
+
+def test_advantage_normalisation_uses_minibatch_mean_and_std():
+    advantages = [1.0, 2.0, 3.0, 4.0, 5.0]  # mean 3, sample std sqrt(2.5)
+    (_, pg_loss, *_), newlogprob, _ = ppo_loss_with([1.0] * 5, advantages, norm_adv=True)
+    pg_loss.backward()
+    normalised = [(a - 3.0) / math.sqrt(2.5) for a in advantages]
+    torch.testing.assert_close(newlogprob.grad * 5, -torch.tensor(normalised), rtol=1e-5, atol=1e-6)
+
+
+def test_value_clipping_matches_hand_computed_values():
+    """Old value 0, return 1, eps 0.2: 0.5 * max((v - R)^2, (clip(v, -0.2, 0.2) - R)^2), worked by hand."""
+    newvalue = [0.1, 0.5, -0.5, 1.5]
+    # unclipped: 0.81, 0.25, 2.25, 0.25; clipped to 0.1, 0.2, -0.2, 0.2: 0.81, 0.64, 1.44, 0.64; max: .81 .64 2.25 .64
+    expected = 0.5 * (0.81 + 0.64 + 2.25 + 0.64) / 4
+    (loss, _, v_loss, *_), _, value = ppo_loss_with([1.0] * 4, [0.0] * 4, newvalue, [0.0] * 4, [1.0] * 4)
+    assert v_loss.item() == pytest.approx(expected, abs=1e-6)
+    v_loss.backward()
+    # the clipped branch wins for rows 2 and 4 and has no gradient; rows 1 and 3 pull v toward R: (v - R) / 4
+    torch.testing.assert_close(value.grad, torch.tensor([-0.9 / 4, 0.0, -1.5 / 4, 0.0]), rtol=1e-5, atol=1e-6)
+    (_, _, unclipped, *_), _, _ = ppo_loss_with([1.0] * 4, [0.0] * 4, newvalue, [0.0] * 4, [1.0] * 4, clip_vloss=False)
+    assert unclipped.item() == pytest.approx(0.5 * (0.81 + 0.25 + 2.25 + 0.25) / 4, abs=1e-6)
+    assert loss.item() == pytest.approx(0.5 * expected, abs=1e-6)  # vf_coef 0.5, zero advantages
+
+
+def test_entropy_bonus_and_kl_statistics():
+    ratio = [1.0, 1.3, 0.7, 1.1]
+    M = len(ratio)
+    logratio = torch.log(torch.tensor(ratio))
+    newlogprob = logratio.clone()
+    entropy = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    agent = StubAgent(newlogprob, entropy, torch.zeros(M, 1))
+    zeros = torch.zeros(M)
+    args = loss_args(ent_coef=0.1)
+    loss, pg_loss, v_loss, entropy_loss, old_kl, kl, clipfrac = pmoe_ppo.ppo_loss(
+        agent, args, torch.zeros(M, 3), torch.zeros(M, 2), zeros, zeros, zeros, zeros, torch.arange(M)
+    )
+    assert entropy_loss.item() == pytest.approx(2.5) and loss.item() == pytest.approx(-0.25, abs=1e-6)
+    assert clipfrac.item() == pytest.approx(0.5)  # 1.3 and 0.7 lie outside [0.8, 1.2]
+    assert old_kl.item() == pytest.approx(-sum(math.log(r) for r in ratio) / M, abs=1e-6)
+    assert kl.item() == pytest.approx(sum(r - 1 - math.log(r) for r in ratio) / M, abs=1e-6)
+
+
+# ---------------------------------------------------------------- PMOE routing
+
+
+def test_route_loss_drives_w_to_the_frequency_of_the_best_expert():
+    """The frequency approximate gradient: with k* ~ f(s), minimising the routing loss moves w(s) to f(s)."""
+    g = torch.Generator().manual_seed(8)
+    freqs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [1 / 3, 1 / 3, 1 / 3], [0.0, 1.0, 0.0]])  # [S=4, K=3]
+    repeats = 512
+    logits = torch.zeros(4, 3, requires_grad=True)
+    optimizer = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(300):
+        best = torch.multinomial(freqs, repeats, replacement=True, generator=g)  # [4, repeats]
+        q_values = torch.rand(4, repeats, 3, generator=g)  # Q below 1 everywhere except the best expert
+        q_values.scatter_(-1, best.unsqueeze(-1), 2.0)
+        loss = pmoe_ppo.route_loss_fn(logits.unsqueeze(1).expand(-1, repeats, -1).reshape(-1, 3), q_values.view(-1, 3))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    torch.testing.assert_close(logits.softmax(-1).detach(), freqs, rtol=0, atol=0.04)
+
+
+def test_route_loss_value_on_one_hot_labels():
+    mix_logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.6, 0.2], [0.1, 0.1, 0.8], [1 / 3, 1 / 3, 1 / 3]]))
+    q_values = torch.tensor([[5.0, 1.0, 0.0], [0.0, 0.0, 3.0], [0.0, 1.0, -1.0], [-1.0, -2.0, -3.0]])
+    # best experts 0, 2, 1, 0; squared errors per row: .25+.0625+.0625 | .04+.36+.64 | .01+.81+.64 | 4/9+1/9+1/9
+    expected = (0.375 + 1.04 + 1.46 + 6 / 9) / 12
+    assert pmoe_ppo.route_loss_fn(mix_logits, q_values).item() == pytest.approx(expected, abs=1e-6)
+
+
+class DistanceQ(torch.nn.Module):
+    """Q(s, a) = -|a - s[:A]|^2: the best action for state s is its first A coordinates."""
+
+    def forward(self, obs_action):
+        obs, action = obs_action[..., :4], obs_action[..., 4:]
+        return -((action - obs[..., : action.shape[-1]]) ** 2).sum(-1, keepdim=True)
+
+
+def test_pmoe_losses_score_each_state_with_its_own_experts():
+    """B=6 states, K=3 experts, sigma ~ 0 so a_k = mu_k(s): the label must be the expert nearest s's own target."""
+    torch.manual_seed(9)
+    B, K, A = 6, 3, 2
+    agent = pmoe_ppo.Agent(fake_envs(4, A), K, "pmoe", use_routing=True)
+    with torch.no_grad():
+        agent.actor_logstd.fill_(-20.0)
+        agent.actor_mean[-1].weight.mul_(300.0)  # spread the experts so that each state has a clear nearest one
+    agent.q_net = DistanceQ()
+    obs, actions, returns = torch.randn(B, 4), torch.randn(B, A), torch.randn(B)
+    q_loss, route_loss = pmoe_ppo.pmoe_losses(agent, obs, actions, returns)
+    means = agent.actor_mean(obs).view(B, K, A).detach()
+    best = []
+    for b in range(B):
+        distances = [sum((means[b, k, d].item() - obs[b, d].item()) ** 2 for d in range(A)) for k in range(K)]
+        best.append(distances.index(min(distances)))
+    assert len(set(best)) > 1  # different states pick different experts: a row mix-up would show
+    w = agent.router(obs).softmax(-1).detach()
+    expected_route = sum((w[b, k].item() - (k == best[b])) ** 2 for b in range(B) for k in range(K)) / (B * K)
+    assert route_loss.item() == pytest.approx(expected_route, abs=1e-6)
+    q_pred = [-sum((actions[b, d].item() - obs[b, d].item()) ** 2 for d in range(A)) for b in range(B)]
+    expected_q = sum((q_pred[b] - returns[b].item()) ** 2 for b in range(B)) / B
+    assert q_loss.item() == pytest.approx(expected_q, rel=1e-5)
+    route_loss.backward()
+    grads = {name for name, p in agent.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads == {"router.weight", "router.bias"}  # the routing loss trains the router only
+
+
+# ---------------------------------------------------------------- short training runs
 
 
 def spy_agents(mp):
@@ -149,6 +429,10 @@ def spy_agents(mp):
     return created
 
 
+def unchanged_parameters(agent, initial):
+    return [name for name, p in agent.named_parameters() if torch.equal(p.detach(), initial[name])]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One short PMOE run (K=3, 2 PPO iterations) with --save-model, shared by the tests below."""
@@ -157,7 +441,7 @@ def trained(tmp_path_factory):
         mp.chdir(workdir)
         created = spy_agents(mp)
         summary = pmoe_ppo.main(pmoe_ppo.Args(**TINY, save_model=True, eval_episodes=2))
-    agent, initial = created[0]  # created[1] is the evaluation agent
+    agent, initial = created[0]
     return summary, agent, initial, str(workdir / summary["model_path"])
 
 
@@ -167,48 +451,102 @@ def test_short_run_trains_every_parameter(trained):
     losses = {k: v for k, v in summary.items() if k.startswith("losses/")}
     assert {"losses/q_loss", "losses/route_loss", "losses/policy_loss", "losses/value_loss"} <= set(losses)
     assert all(math.isfinite(v) for v in losses.values()) and summary["losses/route_loss"] > 0
-    assert math.isfinite(summary["final_return"]) and math.isfinite(summary["eval_return"])
+    assert math.isfinite(summary["final_return"])
+    for key in ("eval/episodic_return", "eval/episodic_return_argmax", "eval/episodic_return_sample"):
+        assert math.isfinite(summary[key])
+    assert summary["eval/episodic_return"] == summary["eval/episodic_return_argmax"]  # the default --eval-expert
     assert abs(sum(summary[f"charts/expert_usage_{k}"] for k in range(3)) - 1) < 1e-6
     names = {n for n, _ in agent.named_parameters()}
     assert any(n.startswith("q_net.") for n in names) and "router.weight" in names
-    unchanged = [n for n, p in agent.named_parameters() if torch.equal(p.detach(), initial[n])]
-    assert unchanged == []
+    assert unchanged_parameters(agent, initial) == []
 
 
-def test_mixture_ablation_trains_every_parameter_without_q_net(tmp_path, monkeypatch):
+def test_saved_checkpoint_holds_the_trained_weights(trained):
+    _, agent, initial, model_path = trained
+    saved = torch.load(model_path, weights_only=True)["model"]
+    trained_state = agent.state_dict()
+    assert saved.keys() == trained_state.keys()
+    for name, tensor in trained_state.items():
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=0)
+    moved = [name for name in initial if not torch.equal(saved[name], initial[name])]
+    assert sorted(moved) == sorted(initial)  # not the freshly initialised agent
+
+
+@pytest.mark.parametrize("policy_type", ["pmoe", "gating", "mcp"])
+def test_run_first_minibatch_ratio_is_one_and_every_parameter_trains(policy_type, tmp_path, monkeypatch):
+    """One rollout, one epoch, one minibatch: the update recomputes the stored log-probs, so ratio = 1 exactly."""
     monkeypatch.chdir(tmp_path)
     created = spy_agents(monkeypatch)
-    summary = pmoe_ppo.main(
-        pmoe_ppo.Args(**{**TINY, "num_steps": 32, "total_timesteps": 64}, gradient_estimator="mixture")
-    )
+    args = dict(TINY, total_timesteps=64, num_minibatches=1, update_epochs=1, eval_episodes=1)
+    summary = pmoe_ppo.main(pmoe_ppo.Args(**args, policy_type=policy_type))
+    assert abs(summary["losses/old_approx_kl"]) < 1e-6 and abs(summary["losses/approx_kl"]) < 1e-6
+    assert summary["losses/clipfrac"] == 0.0
+    agent, initial = created[0]
+    assert hasattr(agent, "q_net") == (policy_type == "pmoe")
+    assert (summary["losses/route_loss"] > 0) == (policy_type == "pmoe")
+    assert unchanged_parameters(agent, initial) == []
+
+
+def test_mixture_ablation_run_trains_every_parameter_without_q_net(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    created = spy_agents(monkeypatch)
+    args = dict(TINY, num_steps=32, total_timesteps=64, eval_episodes=1)
+    summary = pmoe_ppo.main(pmoe_ppo.Args(**args, gradient_estimator="mixture"))
     agent, initial = created[0]
     assert not hasattr(agent, "q_net") and summary["losses/route_loss"] == 0.0
-    assert [n for n, p in agent.named_parameters() if torch.equal(p.detach(), initial[n])] == []
+    assert unchanged_parameters(agent, initial) == []
 
 
-def test_eval_freezes_and_reproduces_saved_normalisation_stats(trained, tmp_path, monkeypatch):
+def test_eval_only_reproduces_the_end_of_training_evaluation(trained, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # --eval-only writes its TensorBoard run under ./runs
     summary, model_path = trained[0], trained[3]
     ckpt = torch.load(model_path, weights_only=True)
     assert set(ckpt) >= {"model", "args", "obs_rms"} and ckpt["args"]["num_experts"] == 3
-    saved = ckpt["obs_rms"][0]
-    assert saved["count"].item() > 128  # statistics of the training rollout, not a fresh wrapper
-    returns, obs_rms = pmoe_ppo.evaluate(model_path, 2, "argmax", torch.device("cpu"), seed=1)
-    assert len(returns) >= 2 and all(math.isfinite(r) for r in returns)
-    np.testing.assert_array_equal(obs_rms.mean, saved["mean"].numpy())
-    np.testing.assert_array_equal(obs_rms.var, saved["var"].numpy())
-    assert obs_rms.count == saved["count"].item()
-    # --eval-only on the saved file: deterministic episodes give the same returns as the end-of-training eval
+    assert ckpt["obs_rms"]["count"].item() > 128  # statistics of the training rollout, not a fresh wrapper
     again = pmoe_ppo.main(pmoe_ppo.Args(eval_only=True, model_path=model_path, eval_episodes=2))
-    assert again["eval_return"] == pytest.approx(summary["eval_return"])
+    for key in ("eval/episodic_return_argmax", "eval/episodic_return_sample"):
+        assert again[key] == pytest.approx(summary[key])
+
+
+def test_evaluate_freezes_the_given_observation_statistics(trained, monkeypatch):
+    """evaluate() must normalise with the saved statistics and leave them untouched while it runs."""
+    _, agent, _, model_path = trained
+    stats = torch.load(model_path, weights_only=True)["obs_rms"]
+    seen = []
+    original = pmoe_ppo.find_wrapper
+
+    def spy_find_wrapper(env, wrapper_class):
+        wrapper = original(env, wrapper_class)
+        if wrapper_class is gym.wrappers.NormalizeObservation:
+            seen.append(wrapper)
+        return wrapper
+
+    monkeypatch.setattr(pmoe_ppo, "find_wrapper", spy_find_wrapper)
+    args = pmoe_ppo.Args(**TINY, eval_episodes=2)
+    returns = pmoe_ppo.evaluate(agent, args, stats, "argmax", torch.device("cpu"))
+    assert len(returns) >= 2 and all(math.isfinite(r) for r in returns)
+    rms = seen[0].obs_rms
+    np.testing.assert_array_equal(rms.mean, stats["mean"].numpy())
+    np.testing.assert_array_equal(rms.var, stats["var"].numpy())
+    assert rms.count == stats["count"].item()
 
 
 def test_same_seed_runs_are_identical_on_cpu(trained, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     first = trained[0]
     second = pmoe_ppo.main(pmoe_ppo.Args(**TINY, save_model=True, eval_episodes=2))
-    skip = {"sps", "charts/SPS", "model_path"}
+    skip = {"charts/SPS", "model_path"}
     assert {k: v for k, v in first.items() if k not in skip} == {k: v for k, v in second.items() if k not in skip}
+
+
+def test_run_on_half_cheetah_is_quiet(tmp_path, monkeypatch, capfd):
+    """gymnasium's half_cheetah.xml uses MuJoCo's deprecated `settotalmass`: no warning, no MUJOCO_LOG.TXT."""
+    monkeypatch.chdir(tmp_path)
+    mujoco.set_mju_user_warning(None)  # MuJoCo's default handler, as in a fresh process
+    args = dict(env_id="HalfCheetah-v5", num_steps=16, total_timesteps=16, num_minibatches=1, update_epochs=1)
+    pmoe_ppo.main(pmoe_ppo.Args(**args, num_experts=3, eval_episodes=1))
+    assert "settotalmass" not in capfd.readouterr().err
+    assert not os.path.exists("MUJOCO_LOG.TXT")
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
@@ -218,12 +556,16 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
         pmoe_ppo.main(pmoe_ppo.Args(**{**TINY, "num_steps": 32, "total_timesteps": 32}))
 
 
+# ---------------------------------------------------------------- CLI
+
+
 @pytest.mark.parametrize(
     "overrides, flag",
     [
         (dict(total_timesteps=10), "--total-timesteps"),
         (dict(update_epochs=0), "--update-epochs"),
         (dict(num_experts=0), "--num-experts"),
+        (dict(eval_episodes=0), "--eval-episodes"),
     ],
 )
 def test_bad_args_exit_2_in_process(overrides, flag, capsys):
@@ -241,7 +583,7 @@ def test_bad_args_exit_2_in_process(overrides, flag, capsys):
         (["--eval-only", "--model-path", "missing.cleanrl_model"], "--model-path"),
     ],
 )
-def test_bad_input_one_line_error_exit_2(argv, flag, tmp_path):
+def test_subprocess_bad_input_one_line_error_exit_2(argv, flag, tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "pmoe_ppo.py"), *argv],
         cwd=tmp_path,
@@ -252,3 +594,24 @@ def test_bad_input_one_line_error_exit_2(argv, flag, tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {flag}") and "Traceback" not in proc.stderr
+
+
+def test_subprocess_capture_video_records_an_mp4_of_the_first_episode(tmp_path):
+    """--capture-video: gymnasium's RecordVideo on sub-env 0 writes videos/<run_name>/ (headless: MUJOCO_GL=egl)."""
+    argv = ["--env-id", "Hopper-v5", "--num-steps", "64", "--total-timesteps", "64", "--num-minibatches", "1"]
+    argv += ["--update-epochs", "1", "--num-experts", "3", "--eval-episodes", "1", "--capture-video"]
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "pmoe_ppo.py"), *argv],
+        cwd=tmp_path,
+        env={**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run_dir,) = glob.glob(str(tmp_path / "videos" / "Hopper-v5__pmoe_ppo__1__*"))
+    first = os.path.join(run_dir, "rl-video-episode-0.mp4")
+    frames, seconds = imageio_ffmpeg.count_frames_and_secs(first)
+    size = os.path.getsize(first)
+    print(f"video {os.path.basename(first)}: {size} bytes, {frames} frames, {seconds:.2f} s")
+    assert 2 <= frames <= 65 and size > 1000  # the reset frame plus one per step of an episode that ended in 64 steps
