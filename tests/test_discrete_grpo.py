@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -162,21 +163,56 @@ def test_math_reward_cases(completion, answer, expected):
     assert dg.math_reward(completion, answer) == expected
 
 
-@pytest.mark.parametrize("name", ["gsm8k_test.jsonl", "math500.jsonl"])
-def test_math_reward_on_shared_data(name):
-    path = os.path.join(REPO, "..", "shared", "data", name)
-    if not os.path.exists(path):
-        pytest.skip(f"{path} not present")
-    with open(path) as f:
-        rows = [json.loads(line) for line in f]
-    assert all(dg.math_reward(f"so \\boxed{{{r['answer']}}}", r["answer"]) == 1.0 for r in rows)
-    # another row's answer: the nearest earlier row whose answer string differs (GSM8K repeats some numbers)
-    other = [
-        next(rows[j]["answer"] for j in range(i - 1, i - len(rows), -1) if rows[j]["answer"] != r["answer"])
-        for i, r in enumerate(rows)
-    ]
-    wrong = [dg.math_reward(f"\\boxed{{{o}}}", r["answer"]) for o, r in zip(other, rows)]
-    assert sum(w == 0.0 for w in wrong) / len(rows) >= 0.99
+def answer_set():
+    """tests/data/answers.jsonl: gold answers with equivalent spellings (`same`), wrong answers, and spellings with
+    malformed operators (\\frac12) that the official math-verify settings do not repair."""
+    with open(os.path.join(REPO, "tests", "data", "answers.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def boxed(answer):
+    return f"Thinking.\n</think> The answer is \\boxed{{{answer}}}."
+
+
+def test_eval_grader_on_the_answer_set():
+    rows = answer_set()
+    assert len(rows) >= 10 and sum(len(r["same"]) for r in rows) >= 30
+    for r in rows:
+        gold = r["answer"]
+        assert dg.eval_reward(boxed(gold), gold) == 1.0 and dg.math_reward(boxed(gold), gold) == 1.0, gold
+        for spelling in r["same"]:
+            assert dg.eval_reward(boxed(spelling), gold) == 1.0, (gold, spelling)
+        for spelling in r["wrong"]:
+            assert dg.eval_reward(boxed(spelling), gold) == 0.0, (gold, spelling)
+            assert dg.math_reward(boxed(spelling), gold) == 0.0, (gold, spelling)
+        for spelling in r.get("malformed", []):  # the official answer normalisation has malformed_operators=False
+            assert dg.eval_reward(boxed(spelling), gold) == 0.0, (gold, spelling)
+    # the rule grader is the training reward: exact after normalisation, so most respellings fail
+    same = [(r["answer"], s) for r in rows for s in r["same"]]
+    rule = sum(dg.math_reward(boxed(s), gold) for gold, s in same)
+    assert 0.3 < rule / len(same) < 0.8
+
+
+@pytest.mark.parametrize(
+    "completion,answer,mv,rule",
+    [
+        ("\\boxed{\\sqrt{2}/2}", "\\frac{\\sqrt{2}}{2}", 1.0, 0.0),
+        ("\\boxed{0.5}", "\\frac{1}{2}", 1.0, 1.0),
+        ("\\boxed{\\frac{2}{4}}", "\\frac{1}{2}", 1.0, 0.0),
+        ("\\boxed{3} and later \\boxed{4}", "4", 1.0, 1.0),  # the last box counts, for both graders
+        ("\\boxed{4} and later \\boxed{3}", "4", 0.0, 0.0),
+        ("the answer is 4", "4", 0.0, 0.0),  # no box: 0 for both
+        ("\\boxed{4", "4", 0.0, 0.0),
+    ],
+)
+def test_both_graders_on_known_cases(completion, answer, mv, rule):
+    assert dg.eval_reward(completion, answer) == mv and dg.math_reward(completion, answer) == rule
+
+
+def test_eval_grader_times_out_instead_of_hanging():
+    t0 = time.time()
+    assert dg.eval_reward("\\boxed{9^{9^{9^{9^{9}}}}}", "5") == 0.0  # sympy would try to evaluate this for ever
+    assert time.time() - t0 < 6 * dg.GRADER_TIMEOUT_S
 
 
 # ---- decode loop ------------------------------------------------------------------------------------------
@@ -239,7 +275,7 @@ def test_real_path_all_formats(tmp_path):
             str(tmp_path / "runs"),
         ]
         summary = dg.main(dg.cli(argv))
-        assert set(summary["eval_before"]) == {"pass@1", "pass@2"}
+        assert set(summary["eval_before"]) == {"pass@1", "pass@2", "accuracy/math-verify", "accuracy/rule"}
         assert summary["skipped_prompts"] == 1
         with open(os.path.join(summary["run_dir"], "eval_step0.json")) as f:
             assert json.load(f)["problems"] == 3
@@ -353,7 +389,7 @@ def test_bad_input_exits_2_with_one_line(argv, flag, capsys):
     assert err.startswith(f"error: {flag}") and "\n" not in err, err
 
 
-def test_bad_dataset_files(tmp_path, capsys):
+def test_bad_dataset_files(tmp_path, capsys, monkeypatch):
     model_dir = tmp_path / "model"
     tiny_model_dir(model_dir)
     (tmp_path / "noanswer.jsonl").write_text(json.dumps({"problem": "1+1"}) + "\n")
@@ -375,9 +411,12 @@ def test_bad_dataset_files(tmp_path, capsys):
             )
         assert e.value.code == 2
         assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {flag}")
-    with pytest.raises(SystemExit) as e:  # a Hub id without the `datasets` package
-        dg.load_rows("someone/some-dataset", "--dataset", dg.Args())
-    assert e.value.code == 2 and "datasets" in capsys.readouterr().err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for flag in ("--dataset", "--eval-dataset"):  # a Hub id that cannot be reached: one line, no traceback
+        with pytest.raises(SystemExit) as e:
+            dg.load_rows("someone/no-such-dataset", flag, dg.Args())
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and err.startswith(f"error: {flag}: cannot load") and "\n" not in err, err
 
 
 def test_command_line_bad_input_no_traceback():
@@ -386,6 +425,7 @@ def test_command_line_bad_input_no_traceback():
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.startswith("error: --group-size")
 
