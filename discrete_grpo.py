@@ -3,10 +3,9 @@
 The loss is verl's GRPO as the SofT-GRPO code runs it (group advantages, PPO dual-clip, k3 KL, token-mean);
 rollouts come from our own KV-cache decode loop, so `sofT_grpo.py` (its child) swaps one sampling step.
 Evaluation grades with math-verify as the official eval does. Notes: docs/discrete_grpo.md
-    python discrete_grpo.py                                   # toy task + tiny model: 6 min on 2 CPU cores, 2 cached
+    python discrete_grpo.py                                   # toy task + tiny model: 6 min on 2 CPU cores (2 cached)
     python discrete_grpo.py --preset r1-distill-qwen-1.5b     # the paper's setting, one GPU
-    python discrete_grpo.py --model-name-or-path ./ckpt --eval-dataset math500.jsonl --eval-only \
-        --eval-problems 500 --eval-samples 32 --eval-max-new-tokens 32768   # Pass@k of a checkpoint, paper's eval
+    python discrete_grpo.py --preset r1-distill-qwen-1.5b --model-name-or-path ./ckpt --eval-only  # MATH-500, n 32
     python discrete_grpo.py --track --dr-grpo --loss-agg-mode seq-mean-token-sum-norm
 """
 
@@ -222,8 +221,8 @@ def normalize_answer(s: str) -> str:
 
 
 def math_reward(completion: str, answer: str) -> float:
-    """Training reward (official verl math_reward.py::compute_score): 1.0 if the last \\boxed{} of the completion
-    equals the answer after normalisation, else 0.0."""
+    """Training reward (official verl reward_score/math_reward.py::compute_score): 1.0 if the last \\boxed{} of
+    the completion equals the answer after normalisation, else 0.0."""
     boxed = last_boxed(completion)
     return float(boxed is not None and normalize_answer(boxed) == normalize_answer(answer))
 
@@ -583,15 +582,16 @@ def main(args: Args) -> dict:
             f"cannot load {path!r} ({str(e).splitlines()[0][:100]}): pass a Hub id or a model folder",
         )
     tok.pad_token = tok.pad_token or tok.eos_token  # Llama has none; masks, not pad ids, mark the padding here
-    if args.dataset is None:
-        train_raw, eval_raw = toy_splits(args)
-    else:
+    train_raw, eval_raw = toy_splits(args)  # the built-in task, unless --dataset / --eval-dataset replace it
+    if args.dataset and not (args.eval_only and args.eval_dataset):  # --eval-only needs no training data
         train_raw = load_rows(args.dataset, "--dataset", args)
         if not args.eval_dataset:  # hold out the last eval_problems rows (if any rows remain for training)
             n = args.eval_problems
             train_raw, eval_raw = train_raw[:-n] or train_raw, train_raw[-n:]
     if args.eval_dataset:
         eval_raw = load_rows(args.eval_dataset, "--eval-dataset", args)
+    if args.eval_only:
+        train_raw = []
     train_rows, skipped = render_prompts(tok, train_raw, args.max_prompt_length)
     eval_rows, eval_skipped = render_prompts(tok, eval_raw[: args.eval_problems], args.max_prompt_length)
     if not eval_rows or not (train_rows or args.eval_only):

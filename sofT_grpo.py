@@ -4,10 +4,9 @@ A minimal diff of `discrete_grpo.py`: while a row thinks, each step feeds the mo
 its top-k token embeddings instead of one token, until the emitted token is `</think>`; a soft position is scored
 with the Gumbel log-density of its stored perturbed logits (the paper's Gumbel reparameterisation), answer tokens
 as in the parent; the GRPO loss is the parent's, unchanged. Reading map and notes: docs/sofT_grpo.md.
-    python sofT_grpo.py                                   # toy task + tiny model: MINUTES_PLACEHOLDER
+    python sofT_grpo.py                                   # toy task + tiny model: CPU minutes (benchmarks/)
     python sofT_grpo.py --preset r1-distill-qwen-1.5b     # the paper's setting, one GPU
-    python sofT_grpo.py --model-name-or-path ./ckpt --eval-dataset math500.jsonl --eval-only \
-        --eval-problems 500 --eval-samples 32 --eval-max-new-tokens 32768   # the paper's soft-thinking eval rows
+    python sofT_grpo.py --preset r1-distill-qwen-1.5b --model-name-or-path ./ckpt --eval-only  # paper's soft evals
     python sofT_grpo.py --noise dirichlet                 # the paper's noise ablation (--tau-g does not apply)
 """
 
@@ -241,8 +240,8 @@ def normalize_answer(s: str) -> str:
 
 
 def math_reward(completion: str, answer: str) -> float:
-    """Training reward (official verl math_reward.py::compute_score): 1.0 if the last \\boxed{} of the completion
-    equals the answer after normalisation, else 0.0."""
+    """Training reward (official verl reward_score/math_reward.py::compute_score): 1.0 if the last \\boxed{} of
+    the completion equals the answer after normalisation, else 0.0."""
     boxed = last_boxed(completion)
     return float(boxed is not None and normalize_answer(boxed) == normalize_answer(answer))
 
@@ -684,15 +683,16 @@ def main(args: Args) -> dict:
             f"cannot load {path!r} ({str(e).splitlines()[0][:100]}): pass a Hub id or a model folder",
         )
     tok.pad_token = tok.pad_token or tok.eos_token  # Llama has none; masks, not pad ids, mark the padding here
-    if args.dataset is None:
-        train_raw, eval_raw = toy_splits(args)
-    else:
+    train_raw, eval_raw = toy_splits(args)  # the built-in task, unless --dataset / --eval-dataset replace it
+    if args.dataset and not (args.eval_only and args.eval_dataset):  # --eval-only needs no training data
         train_raw = load_rows(args.dataset, "--dataset", args)
         if not args.eval_dataset:  # hold out the last eval_problems rows (if any rows remain for training)
             n = args.eval_problems
             train_raw, eval_raw = train_raw[:-n] or train_raw, train_raw[-n:]
     if args.eval_dataset:
         eval_raw = load_rows(args.eval_dataset, "--eval-dataset", args)
+    if args.eval_only:
+        train_raw = []
     train_rows, skipped = render_prompts(tok, train_raw, args.max_prompt_length)
     eval_rows, eval_skipped = render_prompts(tok, eval_raw[: args.eval_problems], args.max_prompt_length)
     if not eval_rows or not (train_rows or args.eval_only):

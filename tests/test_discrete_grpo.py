@@ -224,9 +224,13 @@ def test_real_path_all_formats(tmp_path):
         ]
         summary = dg.main(dg.cli(argv))
         assert set(summary["eval_before"]) == {"pass@1", "pass@2", "accuracy/math-verify", "accuracy/rule"}
-        assert summary["skipped_prompts"] == 1
+        assert summary["skipped_prompts"] == 0  # --eval-only renders no training prompt (the long one is one)
         with open(os.path.join(summary["run_dir"], "eval_step0.json")) as f:
             assert json.load(f)["problems"] == 3
+    # --eval-only with --eval-dataset loads no training data: the preset's Hub --dataset is never touched
+    evalonly = dg.main(dg.cli(argv + ["--dataset", "someone/not-loaded", "--eval-dataset", str(tmp_path / "d.json")]))
+    with open(os.path.join(evalonly["run_dir"], "eval_step0.json")) as f:
+        assert json.load(f)["problems"] == 2 and evalonly["skipped_prompts"] == 1  # the first 3 hold the long one
     # one training step through the same flags; the saved checkpoint loads back like a Hub model
     summary = dg.main(
         dg.cli(
@@ -246,7 +250,7 @@ def test_real_path_all_formats(tmp_path):
             ]
         )
     )
-    assert torch.isfinite(torch.tensor(summary["loss"]))
+    assert torch.isfinite(torch.tensor(summary["loss"])) and summary["skipped_prompts"] == 1  # too long: skipped
     Qwen2ForCausalLM.from_pretrained(os.path.join(summary["run_dir"], "final"))
 
 
