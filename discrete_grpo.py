@@ -26,6 +26,7 @@ import tyro
 from latex2sympy2_extended import NormalizationConfig
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 from tokenizers import AddedToken, pre_tokenizers
+from torch.utils.checkpoint import checkpoint
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from transformers import (
@@ -142,16 +143,11 @@ def validate(args: Args):
     if args.group_size < 2:
         fail("--group-size", f"is {args.group_size}: GRPO compares completions within a group, use 2 or more")
     if args.prompts_per_step % args.mini_batch_prompts:
-        fail(
-            "--mini-batch-prompts",
-            f"{args.mini_batch_prompts} does not divide --prompts-per-step {args.prompts_per_step}",
-        )
-    if (args.mini_batch_prompts * args.group_size) % args.micro_batch_size:
-        fail(
-            "--micro-batch-size",
-            f"{args.micro_batch_size} does not divide a mini-batch of "
-            f"{args.mini_batch_prompts * args.group_size} completions",
-        )
+        msg = f"{args.mini_batch_prompts} does not divide --prompts-per-step {args.prompts_per_step}"
+        fail("--mini-batch-prompts", msg)
+    mini_batch = args.mini_batch_prompts * args.group_size
+    if mini_batch % args.micro_batch_size:
+        fail("--micro-batch-size", f"{args.micro_batch_size} does not divide a mini-batch of {mini_batch} completions")
 
 
 # Task: problems, the paper's prompt, the rule-based reward
@@ -437,24 +433,38 @@ def rollout(model, prompt_ids, prompt_mask, max_new_tokens: int, stop_ids, gener
     return {"completion_ids": ids, "completion_mask": (stop.cumsum(1) - stop == 0).long()}
 
 
+LOGPROB_CHUNK = 256  # completion positions scored at a time: the fp32 logits never exceed [B, 256, V]
+
+
+def chunk_logprobs(h, lm_head, ids, temperature: float) -> tuple:
+    """One chunk of positions, h: [B, c, H] -> log softmax(z)[ids] computed as z[ids] - logsumexp(z), with
+    z = lm_head(h) / T in fp32, and the entropy (no grad): two [B, c] tensors. The [B, c, V] logits live only here."""
+    logits = lm_head(h).float() / temperature  # [B, c, V]
+    lse = logits.logsumexp(-1)  # [B, c]
+    with torch.no_grad():
+        entropy = lse - (logits.softmax(-1) * logits).sum(-1)  # logged only
+    return logits.gather(-1, ids[..., None]).squeeze(-1) - lse, entropy
+
+
 def token_logprobs(model, batch: dict, temperature: float) -> tuple:
-    """log pi(a_t | s_t) of every completion token, fp32 log-softmax over the full vocabulary, plus the entropy
-    (no grad). Used for the new, old and reference policies. Returns two [B, T] tensors."""
+    """log pi(a_t | s_t) of every completion token, an fp32 log-softmax over the full vocabulary computed in chunks
+    over T, plus the entropy (no grad). Used for the new, old and reference policies. Returns two [B, T] tensors."""
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)  # [B, P+T]
     attn = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
     embeds = model.get_input_embeddings()(ids)  # [B, P+T, H]
     T = batch["completion_ids"].shape[1]
-    # Position s predicts token s+1, so completion token t is scored by the logits at t-1, the last prompt position
-    # for t = 0: keep the last T+1 positions' logits and drop the final one, which scores no completion token.
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids, use_cache=False, logits_to_keep=T + 1
-    )
-    scale = temperature if temperature > 0 else 1.0  # greedy rollouts (T = 0) are scored at T = 1
-    logp_all = (out.logits[:, :-1].float() / scale).log_softmax(-1)  # [B, T, V]
-    logp = logp_all.gather(-1, batch["completion_ids"][..., None]).squeeze(-1)  # [B, T]
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)  # [B, T], logged only
+    out = model.base_model(inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids, use_cache=False)
+    # Position s predicts token s+1, so completion token t is scored by the hidden state at t-1, the last prompt
+    # position for t = 0: keep the last T+1 positions and drop the final one, which scores no completion token.
+    h = out.last_hidden_state[:, -(T + 1) : -1]  # [B, T, H]
+    lm_head, scale = model.get_output_embeddings(), temperature if temperature > 0 else 1.0  # T = 0 scored at T = 1
+    chunks = []
+    for s in range(0, T, LOGPROB_CHUNK):  # checkpointed: the backward pass recomputes a chunk's logits too
+        part = slice(s, s + LOGPROB_CHUNK)
+        chunk = (h[:, part], lm_head, batch["completion_ids"][:, part], scale)
+        chunks.append(checkpoint(chunk_logprobs, *chunk, use_reentrant=False))
+    logp, entropy = (torch.cat(x, 1) for x in zip(*chunks))  # [B, T] each
     return logp, entropy
 
 
@@ -609,14 +619,8 @@ def main(args: Args) -> dict:
     if args.track:
         import wandb
 
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=vars(args),
-            name=run_name,
-            save_code=True,
-        )
+        project = dict(project=args.wandb_project_name, entity=args.wandb_entity)
+        wandb.init(**project, name=run_name, config=vars(args), sync_tensorboard=True, save_code=True)
     writer = SummaryWriter(run_dir)
     table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
@@ -654,6 +658,8 @@ def main(args: Args) -> dict:
         model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01)
     G, order, t_start = args.group_size, [], time.time()
+    loss_kw = dict(clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high, dual_clip=args.dual_clip, beta=args.beta)
+    loss_kw.update(loss_agg_mode=args.loss_agg_mode, max_len=args.max_new_tokens)
     train_sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     for step in (pbar := tqdm(range(1, args.total_steps + 1), desc="GRPO")):
         # 1. Rollout: G completions for each of prompts_per_step prompts, sampled by the current policy
@@ -689,17 +695,7 @@ def main(args: Args) -> dict:
             for mb in micros:
                 logp, entropy = token_logprobs(model, mb, args.temperature)
                 loss, st = grpo_loss(
-                    logp,
-                    mb["logp_old"],
-                    mb["logp_ref"],
-                    mb["advantages"],
-                    mb["completion_mask"],
-                    args.clip_eps,
-                    args.clip_eps_high,
-                    args.dual_clip,
-                    args.beta,
-                    args.loss_agg_mode,
-                    args.max_new_tokens,
+                    logp, mb["logp_old"], mb["logp_ref"], mb["advantages"], mb["completion_mask"], **loss_kw
                 )
                 if not torch.isfinite(loss):
                     msg = f"error: non-finite loss at step {step}: lower --learning-rate or use --dtype float32"

@@ -27,6 +27,7 @@ import tyro
 from latex2sympy2_extended import NormalizationConfig
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 from tokenizers import AddedToken, pre_tokenizers
+from torch.utils.checkpoint import checkpoint
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from transformers import (
@@ -159,16 +160,11 @@ def validate(args: Args):
     if args.group_size < 2:
         fail("--group-size", f"is {args.group_size}: GRPO compares completions within a group, use 2 or more")
     if args.prompts_per_step % args.mini_batch_prompts:
-        fail(
-            "--mini-batch-prompts",
-            f"{args.mini_batch_prompts} does not divide --prompts-per-step {args.prompts_per_step}",
-        )
-    if (args.mini_batch_prompts * args.group_size) % args.micro_batch_size:
-        fail(
-            "--micro-batch-size",
-            f"{args.micro_batch_size} does not divide a mini-batch of "
-            f"{args.mini_batch_prompts * args.group_size} completions",
-        )
+        msg = f"{args.mini_batch_prompts} does not divide --prompts-per-step {args.prompts_per_step}"
+        fail("--mini-batch-prompts", msg)
+    mini_batch = args.mini_batch_prompts * args.group_size
+    if mini_batch % args.micro_batch_size:
+        fail("--micro-batch-size", f"{args.micro_batch_size} does not divide a mini-batch of {mini_batch} completions")
     if args.top_k < 1 or args.tau_g <= 0:
         fail("--top-k/--tau-g", "a soft token needs --top-k >= 1 components and --tau-g > 0")
 
@@ -507,6 +503,20 @@ def rollout(model, prompt_ids, prompt_mask, max_new_tokens: int, stop_ids, gener
     return {"completion_ids": ids, "completion_mask": mask, "soft_ids": soft_ids, "soft_y": soft_y, "soft_mask": soft}
 
 
+LOGPROB_CHUNK = 256  # completion positions scored at a time: the fp32 logits never exceed [B, 256, V]
+
+
+def chunk_logprobs(h, lm_head, ids, temperature: float, soft_ids) -> tuple:
+    """One chunk of positions, h: [B, c, H] -> log softmax(z)[ids] computed as z[ids] - logsumexp(z), with
+    z = lm_head(h) / T in fp32, the k logits z[soft_ids] [B, c, k] that a soft position needs, and the entropy
+    (no grad). The [B, c, V] logits live only here."""
+    logits = lm_head(h).float() / temperature  # [B, c, V]
+    lse = logits.logsumexp(-1)  # [B, c]
+    with torch.no_grad():
+        entropy = lse - (logits.softmax(-1) * logits).sum(-1)  # logged only
+    return logits.gather(-1, ids[..., None]).squeeze(-1) - lse, logits.gather(-1, soft_ids), entropy
+
+
 def soft_log_density(z_ids, y, noise: str):
     """log-density of the stored action y [M, k] given the logits z_ids [M, k] (already / T) of its ids: the mean over
     components of the noise log-pdf at the noise that would give y under this policy
@@ -529,8 +539,8 @@ def soft_log_density(z_ids, y, noise: str):
 
 def token_logprobs(model, batch: dict, temperature: float, noise: str = "gumbel", tau_g: float = 0.1) -> tuple:
     """log pi(a_t | s_t) of every completion position: the full-vocabulary fp32 log-softmax of the token at hard
-    positions (</think> and the answer), soft_log_density of the stored (ids, y) at soft ones; no fallback. Plus
-    the entropy (no grad). Used for the new, old and reference policies. Returns two [B, T] tensors.
+    positions (</think> and the answer), computed in chunks over T, soft_log_density of the stored (ids, y) at soft
+    ones; no fallback. Plus the entropy (no grad). Used for the new, old and reference policies. Two [B, T] tensors.
     The inputs are rebuilt from the stored actions and detached (official dp_actor.py::_forward_micro_batch)."""
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)  # [B, P+T]
     attn = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
@@ -542,20 +552,19 @@ def token_logprobs(model, batch: dict, temperature: float, noise: str = "gumbel"
     soft_in = torch.cat([torch.zeros_like(batch["prompt_mask"], dtype=torch.bool), soft], 1)[..., None]  # [B, P+T, 1]
     embeds = embed(ids).masked_scatter(soft_in, mix.to(embed.weight.dtype)).detach()  # [B, P+T, H]
     T = batch["completion_ids"].shape[1]
-    # Position s predicts token s+1, so completion token t is scored by the logits at t-1, the last prompt position
-    # for t = 0: keep the last T+1 positions' logits and drop the final one, which scores no completion token.
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids, use_cache=False, logits_to_keep=T + 1
-    )
-    scale = temperature if temperature > 0 else 1.0  # greedy rollouts (T = 0) are scored at T = 1
-    logits = out.logits[:, :-1].float() / scale  # [B, T, V]
-    logp_all = logits.log_softmax(-1)
-    logp = logp_all.gather(-1, batch["completion_ids"][..., None]).squeeze(-1)  # [B, T]: hard positions
-    z_ids = logits.gather(-1, batch["soft_ids"])[soft]  # [M, k]: the logits of each soft position's stored ids
-    logp = logp.masked_scatter(soft, soft_log_density(z_ids, batch["soft_y"][soft], noise))  # the same row-major order
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)  # [B, T], logged only
+    out = model.base_model(inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids, use_cache=False)
+    # Position s predicts token s+1, so completion token t is scored by the hidden state at t-1, the last prompt
+    # position for t = 0: keep the last T+1 positions and drop the final one, which scores no completion token.
+    h = out.last_hidden_state[:, -(T + 1) : -1]  # [B, T, H]
+    lm_head, scale = model.get_output_embeddings(), temperature if temperature > 0 else 1.0  # T = 0 scored at T = 1
+    chunks = []
+    for s in range(0, T, LOGPROB_CHUNK):  # checkpointed: the backward pass recomputes a chunk's logits too
+        part = slice(s, s + LOGPROB_CHUNK)
+        chunk = (h[:, part], lm_head, batch["completion_ids"][:, part], scale, batch["soft_ids"][:, part])
+        chunks.append(checkpoint(chunk_logprobs, *chunk, use_reentrant=False))
+    logp, z_ids, entropy = (torch.cat(x, 1) for x in zip(*chunks))  # [B, T] (hard positions), [B, T, k], [B, T]
+    logp = logp.masked_scatter(soft, soft_log_density(z_ids[soft], batch["soft_y"][soft], noise))  # row-major order
     return logp, entropy
 
 
@@ -714,14 +723,8 @@ def main(args: Args) -> dict:
     if args.track:
         import wandb
 
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=vars(args),
-            name=run_name,
-            save_code=True,
-        )
+        project = dict(project=args.wandb_project_name, entity=args.wandb_entity)
+        wandb.init(**project, name=run_name, config=vars(args), sync_tensorboard=True, save_code=True)
     writer = SummaryWriter(run_dir)
     table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
@@ -762,6 +765,8 @@ def main(args: Args) -> dict:
         model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01)
     G, order, t_start = args.group_size, [], time.time()
+    loss_kw = dict(clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high, dual_clip=args.dual_clip, beta=args.beta)
+    loss_kw.update(loss_agg_mode=args.loss_agg_mode, max_len=args.max_new_tokens)
     train_sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, think_end_id=think_end_id)
     train_sampling.update(answer_top_k=args.answer_top_k, answer_top_p=args.answer_top_p, tau_g=args.tau_g)
     train_sampling.update(noise_scale=args.noise_scale, noise=args.noise)
@@ -799,17 +804,7 @@ def main(args: Args) -> dict:
             for mb in micros:
                 logp, entropy = token_logprobs(model, mb, args.temperature, args.noise, args.tau_g)
                 loss, st = grpo_loss(
-                    logp,
-                    mb["logp_old"],
-                    mb["logp_ref"],
-                    mb["advantages"],
-                    mb["completion_mask"],
-                    args.clip_eps,
-                    args.clip_eps_high,
-                    args.dual_clip,
-                    args.beta,
-                    args.loss_agg_mode,
-                    args.max_new_tokens,
+                    logp, mb["logp_old"], mb["logp_ref"], mb["advantages"], mb["completion_mask"], **loss_kw
                 )
                 if not torch.isfinite(loss):
                     msg = f"error: non-finite loss at step {step}: lower --learning-rate or use --dtype float32"

@@ -229,6 +229,33 @@ def test_kv_cache_rollout_matches_full_forward_on_rebuilt_inputs(toy, monkeypatc
     assert torch.allclose(ent[m], -(z.softmax(-1) * z.log_softmax(-1)).sum(-1)[m], atol=1e-4)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_chunked_logprobs_equal_the_full_log_softmax(toy, monkeypatch, temperature):
+    """token_logprobs in chunks of 5 positions equals the full log_softmax(...).gather(...) at hard positions and
+    soft_log_density of the full logits' k stored entries at soft positions."""
+    _, tok, model = toy
+    monkeypatch.setattr(sg, "LOGPROB_CHUNK", 5)
+    kw = sampling(tok, temperature=temperature)
+    batch = sg.generate(model, tok, rows_for(tok, 4), 4, 12, torch.tensor([2]), torch.Generator().manual_seed(0), **kw)
+    batch["soft_mask"][:, ::3] = False  # hard positions as well: their stored token is scored by the log-softmax
+    seen = []
+    hook = model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["inputs_embeds"]), with_kwargs=True
+    )
+    with torch.no_grad():
+        logp, _ = sg.token_logprobs(model, batch, temperature)
+        hook.remove()
+        attn = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+        position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+        logits = model(inputs_embeds=seen[0], attention_mask=attn, position_ids=position_ids).logits
+    T, soft = batch["completion_ids"].shape[1], batch["soft_mask"]
+    full = logits[:, -(T + 1) : -1].float() / temperature  # [B, T, V]
+    ref = full.log_softmax(-1).gather(-1, batch["completion_ids"][..., None]).squeeze(-1)
+    ref[soft] = sg.soft_log_density(full.gather(-1, batch["soft_ids"])[soft], batch["soft_y"][soft], "gumbel")
+    assert T > 5 and soft.any() and (~soft).any()
+    assert (logp - ref).abs().max() < 1e-6
+
+
 def test_one_hot_soft_inputs_give_the_discrete_logits(toy):
     """Soft positions whose mixture is one-hot feed exactly E[token]: the logits equal discrete_grpo's path."""
     _, tok, model = toy
