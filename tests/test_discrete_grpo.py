@@ -601,6 +601,25 @@ def test_eval_grader_times_out_instead_of_hanging():
     assert time.time() - t0 < 6 * M.GRADER_TIMEOUT_S
 
 
+def test_decode_cuts_at_the_mask_and_split_batch_slices_every_tensor():
+    tok = M.toy_tokenizer()
+    texts = ["12+3=15", "</think> \\boxed{7}", "9", "0-0=0"]
+    rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    T = max(len(r) for r in rows) + 2
+    ids = torch.full((4, T), tok.convert_tokens_to_ids("<|im_end|>"))  # EOS after each text, then more EOS
+    mask = torch.zeros(4, T, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, : len(r)] = torch.tensor(r)
+        mask[b, : len(r) + 1] = 1  # the text and its EOS
+    ids[2, len(rows[2]) + 1 :] = torch.tensor(tok("5", add_special_tokens=False)["input_ids"])  # after the mask
+    assert M.decode(tok, {"completion_ids": ids, "completion_mask": mask}) == ["12+3=15", " \\boxed{7}", "9", "0-0=0"]
+    batch = {"advantages": torch.arange(10.0), "completion_ids": torch.arange(30).view(10, 3)}
+    parts = M.split_batch(batch, 4)
+    assert [len(p["advantages"]) for p in parts] == [4, 4, 2]
+    assert torch.equal(torch.cat([p["completion_ids"] for p in parts]), batch["completion_ids"])
+    assert torch.equal(parts[1]["advantages"], torch.tensor([4.0, 5, 6, 7]))
+
+
 class ScriptedModel(torch.nn.Module):
     """A stand-in causal LM: at decode step s, row b's logits put +20 on script[b][s] and 0 elsewhere.
     Records the position id of the newest input at every call."""
