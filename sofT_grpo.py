@@ -98,7 +98,8 @@ class Args:
     # Evaluation
     eval_problems: int = 200  # number of held-out problems
     eval_samples: int = 8  # n samples per problem; Pass@k for k = 1, 2, 4, ... n
-    eval_settings: tuple[EvalName, ...] = ("sofT-grpo", "soft-baseline", "soft-thinking")  # see EVAL_SETTINGS
+    eval_settings: tuple[EvalName, ...] = ("sofT-grpo", "soft-baseline", "soft-thinking")
+    """soft evals: sofT-grpo (T 1, k 5, tau_g 0.1), soft-baseline (T 0.6, k 30, tau_g 0.5), soft-thinking (no noise)"""
     eval_max_new_tokens: Optional[int] = None  # maximum completion length at evaluation (None: --max-new-tokens)
     eval_grader: Literal["math-verify", "rule"] = "math-verify"
     """grader behind eval Pass@k: math-verify (the official eval) or rule (the training reward); both are logged"""
