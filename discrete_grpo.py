@@ -2,10 +2,10 @@
 
 The loss is verl's GRPO as the SofT-GRPO code runs it (group advantages, PPO dual-clip, k3 KL, token-mean);
 rollouts come from our own KV-cache decode loop, so `sofT_grpo.py` (its child) swaps one sampling step.
-Notes: docs/discrete_grpo.md
-    python discrete_grpo.py                                   # toy task + tiny model, 2-core CPU, ~6 min
+Evaluation grades with math-verify as the official eval does. Notes: docs/discrete_grpo.md
+    python discrete_grpo.py                                   # toy task + tiny model: 6 min on 2 CPU cores (2 cached)
     python discrete_grpo.py --preset r1-distill-qwen-1.5b     # the paper's setting, one GPU
-    python discrete_grpo.py --model-name-or-path ./ckpt --dataset math500.jsonl --eval-only
+    python discrete_grpo.py --preset r1-distill-qwen-1.5b --model-name-or-path ./ckpt --eval-only  # MATH-500, n 32
     python discrete_grpo.py --track --dr-grpo --loss-agg-mode seq-mean-token-sum-norm
 """
 
@@ -23,7 +23,10 @@ from typing import Literal, Optional
 
 import torch
 import tyro
+from latex2sympy2_extended import NormalizationConfig
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 from tokenizers import AddedToken, pre_tokenizers
+from torch.utils.checkpoint import checkpoint
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from transformers import (
@@ -54,16 +57,14 @@ class Args:
     log_completions_every: int = 10  # write a few sample completions as text to TensorBoard every N steps
     # Model and data
     model_name_or_path: Optional[str] = None  # Hub id or local folder; None: the toy base model (built once, cached)
-    dataset: Optional[str] = None  # .jsonl/.json/.parquet file or Hub dataset id (needs `datasets`); None: toy task
-    eval_dataset: Optional[str] = None  # held-out problems; None: toy eval split, or the last rows of --dataset
+    dataset: Optional[str] = None  # training problems: a .jsonl/.json/.parquet file or a Hub dataset id; None: toy
+    eval_dataset: Optional[str] = None  # held-out problems (file or Hub id); None: toy split, or last rows of --dataset
     problem_field: Optional[str] = None  # problem text field (None: auto-detect problem/question/prompt/query)
-    answer_field: Optional[str] = (
-        None  # answer field (None: answer/final_answer/solution; `#### n` and \\boxed{} unwrapped)
-    )
+    answer_field: Optional[str] = None
+    """answer field (None: answer/final_answer/solution); GSM8K's `#### n` and a solution's \\boxed{} are unwrapped"""
     max_prompt_length: int = 1024  # longer prompts (tokens, after the chat template) are skipped and counted
-    dtype: Literal["float32", "bfloat16"] = (
-        "float32"  # policy weights (bf16 can swallow lr-1e-6 updates; log-softmax is fp32)
-    )
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """policy weights (bf16 can swallow lr-1e-6 updates; the log-softmax is fp32 either way)"""
     gradient_checkpointing: bool = False  # trade compute for memory in the training forward pass
     # Toy task and toy base model (used when --model-name-or-path / --dataset are not given)
     toy_num_ops: int = 2  # difficulty: number of +/- operations per problem
@@ -71,7 +72,7 @@ class Args:
     toy_hidden_size: int = 96  # hidden size of the tiny Qwen2 model
     toy_num_layers: int = 3  # decoder layers of the tiny Qwen2 model
     toy_sft_steps: int = 600  # supervised warm-start steps on worked solutions
-    toy_teacher_slip: float = 0.5  # fraction of SFT solutions that box the previous line's result (headroom for RL)
+    toy_teacher_slip: float = 0.5  # fraction of SFT solutions that box the previous line's result (room for RL)
     toy_cache_dir: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache")  # toy base model cache
     # GRPO
     total_steps: int = 60  # rollout + update steps
@@ -83,7 +84,7 @@ class Args:
     micro_batch_size: int = 64  # completions per forward/backward; gradients accumulate over a mini-batch
     rollout_batch_size: int = 128  # completions decoded together (bounds the KV-cache memory), in training and eval
     max_new_tokens: int = 48  # maximum completion length in training
-    temperature: float = 1.0  # sampling temperature of training rollouts (log-probs use the same one)
+    temperature: float = 1.0  # sampling temperature of training rollouts and their log-probs (0: greedy)
     top_k: int = 0  # top-k filter of training rollouts (0: off)
     top_p: float = 1.0  # top-p filter of training rollouts (1.0: off)
     clip_eps: float = 0.2  # PPO clip epsilon
@@ -95,50 +96,38 @@ class Args:
     # Evaluation
     eval_problems: int = 200  # number of held-out problems
     eval_samples: int = 8  # n samples per problem; Pass@k for k = 1, 2, 4, ... n
-    eval_temperature: float = 0.6  # eval sampling temperature (the paper: 0.6 for discrete models)
+    eval_temperature: float = 0.6  # eval sampling temperature (the paper: 0.6 for discrete models; 0: greedy)
     eval_top_k: int = 30  # eval top-k (the paper: 30)
     eval_top_p: float = 0.95  # eval top-p (the paper: 0.95)
     eval_max_new_tokens: Optional[int] = None  # maximum completion length at evaluation (None: --max-new-tokens)
+    eval_grader: Literal["math-verify", "rule"] = "math-verify"
+    """grader behind eval Pass@k: math-verify (the official eval) or rule (the training reward); both are logged"""
 
 
-_PAPER = dict(
-    learning_rate=1e-6,
-    group_size=8,
-    prompts_per_step=64,
-    mini_batch_prompts=32,
-    micro_batch_size=2,
-    beta=0.001,
-    clip_eps=0.2,
-    dual_clip=3.0,
-    max_new_tokens=8192,
-    total_steps=629,
-    dataset="agentica-org/DeepScaleR-Preview-Dataset",
-    rollout_batch_size=64,
-    eval_dataset="HuggingFaceH4/MATH-500",
-    eval_problems=500,
-    eval_samples=32,
-    eval_max_new_tokens=32768,
-    gradient_checkpointing=True,
-)
+# The official training scripts (SofT-GRPO-deepscaler-8k*.sh): batch and optimizer, loss and lengths, data, eval
+_PAPER = dict(learning_rate=1e-6, group_size=8, prompts_per_step=64, mini_batch_prompts=32, micro_batch_size=2)
+_PAPER.update(beta=0.001, clip_eps=0.2, dual_clip=3.0, max_new_tokens=8192, total_steps=629)
+_PAPER.update(dataset="agentica-org/DeepScaleR-Preview-Dataset", rollout_batch_size=64, gradient_checkpointing=True)
+_PAPER.update(eval_dataset="HuggingFaceH4/MATH-500", eval_problems=500, eval_samples=32, eval_max_new_tokens=32768)
 PRESETS = {
     "toy": {},
     "r1-distill-qwen-1.5b": dict(_PAPER, model_name_or_path="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", eval_every=40),
     "llama-3.2-3b-instruct": dict(_PAPER, model_name_or_path="meta-llama/Llama-3.2-3B-Instruct", eval_every=20),
-    "r1-distill-qwen-7b": dict(
-        _PAPER,
-        model_name_or_path="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
-        eval_every=20,
-        micro_batch_size=1,
-        dtype="bfloat16",
-    ),
-}  # fp32 weights + AdamW of a 7B model do not fit one 80 GB GPU
+    "r1-distill-qwen-7b": dict(_PAPER, model_name_or_path="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", eval_every=20),
+}
+# bf16 weights, one completion per micro-batch: fp32 weights + AdamW of a 7B model do not fit one 80 GB GPU
+PRESETS["r1-distill-qwen-7b"].update(micro_batch_size=1, dtype="bfloat16")
 
 
 def cli(argv: Optional[list] = None) -> Args:
     """Apply --preset first, then let tyro parse every flag on top of it, so explicit flags win."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    pairs = [a.split("=", 1) if "=" in a else [a, b] for a, b in zip(argv, argv[1:] + [""])]
-    preset = next((v for k, v in pairs if k == "--preset"), "toy")
+    preset = "toy"
+    for i, arg in enumerate(argv):  # `--preset NAME` or `--preset=NAME`
+        if arg.startswith("--preset="):
+            preset = arg.split("=", 1)[1]
+        elif arg == "--preset" and i + 1 < len(argv):
+            preset = argv[i + 1]
     if preset not in PRESETS:
         fail("--preset", f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     return tyro.cli(Args, default=replace(Args(), preset=preset, **PRESETS[preset]), args=argv)
@@ -154,16 +143,11 @@ def validate(args: Args):
     if args.group_size < 2:
         fail("--group-size", f"is {args.group_size}: GRPO compares completions within a group, use 2 or more")
     if args.prompts_per_step % args.mini_batch_prompts:
-        fail(
-            "--mini-batch-prompts",
-            f"{args.mini_batch_prompts} does not divide --prompts-per-step {args.prompts_per_step}",
-        )
-    if (args.mini_batch_prompts * args.group_size) % args.micro_batch_size:
-        fail(
-            "--micro-batch-size",
-            f"{args.micro_batch_size} does not divide a mini-batch of "
-            f"{args.mini_batch_prompts * args.group_size} completions",
-        )
+        msg = f"{args.mini_batch_prompts} does not divide --prompts-per-step {args.prompts_per_step}"
+        fail("--mini-batch-prompts", msg)
+    mini_batch = args.mini_batch_prompts * args.group_size
+    if mini_batch % args.micro_batch_size:
+        fail("--micro-batch-size", f"{args.micro_batch_size} does not divide a mini-batch of {mini_batch} completions")
 
 
 # Task: problems, the paper's prompt, the rule-based reward
@@ -184,16 +168,10 @@ def toy_splits(args: Args) -> tuple:
                 new = value + b if op == "+" else value - b
                 steps.append(f"{value}{op}{b}={new}")
                 text, prev, value = text + op + str(b), value, new
-            boxed = (
-                prev if rng.random() < args.toy_teacher_slip else value
-            )  # the sloppy teacher boxes the line before the last
-            rows.append(
-                {
-                    "problem": f"Compute {text}.",
-                    "answer": str(value),
-                    "solution": "\n".join(steps) + f"\n</think> \\boxed{{{boxed}}}",
-                }
-            )
+            # the sloppy teacher boxes the line before the last
+            boxed = prev if rng.random() < args.toy_teacher_slip else value
+            solution = "\n".join(steps) + f"\n</think> \\boxed{{{boxed}}}"
+            rows.append({"problem": f"Compute {text}.", "answer": str(value), "solution": solution})
         return rows
 
     held_out = draw(1000, seed=1)
@@ -203,38 +181,31 @@ def toy_splits(args: Args) -> tuple:
 
 def last_boxed(text: str) -> Optional[str]:
     """Content of the last \\boxed{...} (or \\fbox{...}), braces matched; None when there is none."""
-    i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    j, depth = text.find("{", i), 0
-    for k in range(j, len(text) if min(i, j) >= 0 else j):  # empty when there is no box
-        depth += {"{": 1, "}": -1}.get(text[k], 0)
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    brace = text.find("{", start)
+    if start < 0 or brace < 0:
+        return None
+    depth = 0
+    for k in range(brace, len(text)):
+        if text[k] in "{}":
+            depth += 1 if text[k] == "{" else -1
         if depth == 0:
-            return text[j + 1 : k]
-    return None
+            return text[brace + 1 : k]
+    return None  # unbalanced braces
 
 
 def normalize_answer(s: str) -> str:
     """Hendrycks-MATH `strip_string` normalisation (plus \\text{} units after a number and 1,000 -> 1000)."""
-    for a, b in (
-        ("\n", ""),
-        ("\\!", ""),
-        ("\\\\", "\\"),
-        ("tfrac", "frac"),
-        ("dfrac", "frac"),
-        ("\\left", ""),
-        ("\\right", ""),
-        ("^{\\circ}", ""),
-        ("^\\circ", ""),
-        ("\\$", ""),
-        ("$", ""),
-        ("\\%", ""),
-        ("%", ""),
-    ):
-        s = s.replace(a, b)
+    s = s.replace("\n", "").replace("\\!", "").replace("\\\\", "\\").replace("tfrac", "frac").replace("dfrac", "frac")
+    for junk in ("\\left", "\\right", "^{\\circ}", "^\\circ", "\\$", "$", "\\%", "%"):
+        s = s.replace(junk, "")
     s = re.sub(r"^(.*\d)\s*\\(?:text|mbox|mathrm)\{\s*[a-zA-Z ]+\}$", r"\1", s.strip())  # "5 \text{ cm}" -> "5"
     s = re.sub(r"\\(?:text|textbf|mbox|mathrm)\{([^{}]*)\}", r"\1", s)
     s = s.replace(" .", " 0.").replace("{.", "{0.")
     s = "0" + s if s.startswith(".") else s
-    s = s.split("=")[1] if len(s.split("=")) == 2 and len(s.split("=")[0].strip()) <= 2 else s  # "x = 5" -> "5"
+    sides = s.split("=")
+    if len(sides) == 2 and len(sides[0].strip()) <= 2:  # "x = 5" -> "5"
+        s = sides[1]
     s = re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s).replace(" ", "")
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)
@@ -246,47 +217,79 @@ def normalize_answer(s: str) -> str:
 
 
 def math_reward(completion: str, answer: str) -> float:
-    """1.0 if the last \\boxed{} of the completion equals the answer after normalisation, else 0.0."""
+    """Training reward (official verl reward_score/math_reward.py::compute_score): 1.0 if the last \\boxed{} of
+    the completion equals the answer after normalisation, else 0.0."""
     boxed = last_boxed(completion)
     return float(boxed is not None and normalize_answer(boxed) == normalize_answer(answer))
+
+
+# The official evaluation's math-verify settings for the model's answer (matheval.py::MATH500Evaluator.rule_judge)
+ANSWER_EXTRACTION = [
+    LatexExtractionConfig(
+        normalization_config=NormalizationConfig(
+            nits=False, malformed_operators=False, basic_latex=True, boxed="all", units=True
+        ),
+        boxed_match_priority=0,
+        try_extract_without_anchor=False,
+    ),
+    ExprExtractionConfig(),
+]
+GRADER_TIMEOUT_S = 2  # per parse and per verify: math-verify's alarm stops an expression that would hang sympy
+
+
+def eval_reward(completion: str, answer: str) -> float:
+    """Evaluation grade: 1.0 if math-verify finds the last \\boxed{} of the completion equivalent to the answer.
+    Gold is a plain expression when numeric (official GSM8K/AIME), else LaTeX in $...$ (official MATH-500/AMC)."""
+    boxed = last_boxed(completion)
+    if boxed is None:
+        return 0.0
+    if re.fullmatch(r"-?[\d,]*\.?\d+", answer):
+        gold = parse(answer, [ExprExtractionConfig()], parsing_timeout=GRADER_TIMEOUT_S)
+    else:
+        gold = parse(f"${answer}$", [LatexExtractionConfig()], parsing_timeout=GRADER_TIMEOUT_S)
+    # Only the last box is handed over: on a whole text the official regex spans from the first \boxed to the
+    # last brace, so a completion with several boxes would be graded as the set of all of them.
+    pred = parse(
+        f"\\boxed{{{boxed}}}", ANSWER_EXTRACTION, extraction_mode="first_match", parsing_timeout=GRADER_TIMEOUT_S
+    )
+    return float(bool(gold) and bool(pred) and verify(gold, pred, timeout_seconds=GRADER_TIMEOUT_S))
 
 
 def load_rows(path: str, flag: str, args: Args) -> list:
     """Rows {problem, answer} from a local .jsonl/.json/.parquet file or a Hub dataset id."""
     ext = os.path.splitext(path)[1]
-    if os.path.isfile(path) and ext in (".jsonl", ".json", ".parquet"):
-        if ext == ".parquet":
-            import pyarrow.parquet as pq
+    if os.path.isfile(path) and ext == ".parquet":
+        import pyarrow.parquet as pq
 
-            raw = pq.read_table(path).to_pylist()
-        else:
-            with open(path) as f:
-                raw = [json.loads(line) for line in f if line.strip()] if ext == ".jsonl" else json.load(f)
+        raw = pq.read_table(path).to_pylist()
+    elif os.path.isfile(path) and ext in (".jsonl", ".json"):
+        with open(path) as f:
+            raw = [json.loads(line) for line in f if line.strip()] if ext == ".jsonl" else json.load(f)
     elif os.path.exists(path) or ext or path.count("/") != 1:
         fail(flag, f"{path!r} is not an existing .jsonl/.json/.parquet file nor a Hub dataset id (owner/name)")
     else:
+        import datasets  # imported here: it is slow to import and only Hub ids need it
+
         try:
-            import datasets
-        except ImportError:
-            fail(
-                flag,
-                f"{path!r} is a Hub id but `datasets` is not installed: pip install datasets, or pass a local file",
-            )
-        raw = list(datasets.load_dataset(path, split="test" if flag == "--eval-dataset" else "train"))
+            raw = list(datasets.load_dataset(path, split="test" if flag == "--eval-dataset" else "train"))
+        except (OSError, ValueError) as e:  # unknown id, no network, HF_HUB_OFFLINE=1 (ConnectionError is an OSError)
+            reason = str(e).splitlines()[0][:120]
+            fail(flag, f"cannot load the Hub dataset {path!r} ({reason}): check the id and the network, or pass a file")
     if not isinstance(raw, list) or not raw or not isinstance(raw[0], dict):
         fail(flag, f"{path!r} holds no rows: expected a list of objects with a problem and an answer field")
     pf = args.problem_field or next((k for k in ("problem", "question", "prompt", "query") if k in raw[0]), None)
     af = args.answer_field or next((k for k in ("answer", "final_answer", "solution") if k in raw[0]), None)
     for field, name in ((pf, "problem"), (af, "answer")):
         if field not in raw[0]:
-            fail(
-                f"--{name}-field",
-                f"{path!r} has no {name} field {field or ''} (fields: {', '.join(raw[0])}): pass --{name}-field NAME",
-            )
+            found = ", ".join(raw[0])
+            fail(f"--{name}-field", f"{path!r} has no {name} field {field or ''} (fields: {found}): pass the field")
     rows = []
     for r in raw:
         a = str(r.get(af) or "")
-        a = a.split("####")[-1] if "####" in a else (last_boxed(a) or a)  # GSM8K "#### n", MATH solutions
+        if "####" in a:  # GSM8K: "reasoning #### 42"
+            a = a.split("####")[-1]
+        else:  # MATH: a worked solution whose last \boxed{} holds the answer; a bare answer stays as it is
+            a = last_boxed(a) or a
         if isinstance(r.get(pf), str) and r[pf].strip() and a.strip():
             rows.append({"problem": r[pf], "answer": a.strip()})
     if not rows:
@@ -300,9 +303,8 @@ def render_prompts(tok, rows: list, max_len: int) -> tuple:
         fail("--model-name-or-path", "the tokenizer has no chat template: use an instruct/chat model or add one")
     kept = []
     for r in rows:
-        text = tok.apply_chat_template(
-            [{"role": "user", "content": f"{r['problem']} {PROMPT_SUFFIX}"}], tokenize=False, add_generation_prompt=True
-        )
+        chat = [{"role": "user", "content": f"{r['problem']} {PROMPT_SUFFIX}"}]
+        text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         ids = tok(text, add_special_tokens=False)["input_ids"]  # the template already holds any BOS
         if len(ids) <= max_len:
             kept.append({**r, "prompt_ids": ids})
@@ -315,26 +317,22 @@ def toy_tokenizer() -> Qwen2Tokenizer:
 
     256 byte symbols + merges for the prompt's words."""
     vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}  # "Ġ" is a space, "Ċ" a newline
-    words = ["Compute", "user", "assistant", "boxed", "'s", "Ġ\\"] + [
-        "Ġ" + w for w in "Let think step by and output the final answer within".split()
-    ]
-    merges = list(
-        dict.fromkeys((w[:i], w[i]) for w in words for i in range(1, len(w)))
-    )  # spell each word left to right
+    words = ["Compute", "user", "assistant", "boxed", "'s", "Ġ\\"]
+    words += ["Ġ" + w for w in "Let think step by and output the final answer within".split()]
+    merges = []  # spell each word left to right
+    for w in words:
+        for i in range(1, len(w)):
+            if (w[:i], w[i]) not in merges:
+                merges.append((w[:i], w[i]))
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
     vocab.update({t: len(vocab) + i for i, t in enumerate([a + b for a, b in merges] + specials)})
+    # ChatML, R1-style: the reply opens thinking
     template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
-    )  # R1-style: the reply opens thinking
-    tok = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=merges,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        chat_template=template,
     )
+    special = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, chat_template=template, **special)
     tok.add_tokens([AddedToken(s, special=True) for s in specials])
     return tok
 
@@ -348,37 +346,29 @@ def build_toy_base(args: Args) -> str:
     torch.manual_seed(0)  # fixed, independent of --seed: every run (and sofT_grpo.py) starts from the same weights
     tok = toy_tokenizer()
     h = args.toy_hidden_size
-    model = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=len(tok),
-            hidden_size=h,
-            intermediate_size=4 * h,
-            num_hidden_layers=args.toy_num_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            tie_word_embeddings=True,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=None,
-        )
-    )
-    rows = render_prompts(tok, toy_splits(args)[0], 10**9)[0]
-    seqs = [
-        (r["prompt_ids"], tok(r["solution"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]) for r in rows
-    ]
+    cfg = dict(vocab_size=len(tok), hidden_size=h, intermediate_size=4 * h, num_hidden_layers=args.toy_num_layers)
+    cfg.update(num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
+    cfg.update(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+    model = Qwen2ForCausalLM(Qwen2Config(**cfg))
+    seqs = []  # (prompt ids, solution ids + EOS)
+    for r in render_prompts(tok, toy_splits(args)[0], 10**9)[0]:
+        seqs.append((r["prompt_ids"], tok(r["solution"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]))
+
+    def lr_factor(s: int) -> float:  # 20 warm-up steps, then a linear decay to 0
+        return min(1.0, (s + 1) / 20) * (1 - s / args.toy_sft_steps)
+
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * (1 - s / args.toy_sft_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     rng = random.Random(0)
     for _ in tqdm(range(args.toy_sft_steps), desc="toy SFT", leave=False):
         batch = rng.sample(seqs, 64)
         L = max(len(p) + len(c) for p, c in batch)
-        ids = torch.tensor(
-            [p + c + [tok.pad_token_id] * (L - len(p) - len(c)) for p, c in batch]
-        )  # [64, L], right-padded
-        labels = torch.tensor(
-            [[-100] * len(p) + c + [-100] * (L - len(p) - len(c)) for p, c in batch]
-        )  # loss on solutions only
+        ids, labels = [], []
+        for p, c in batch:  # right-padded to L; the loss covers the solution only
+            pad = L - len(p) - len(c)
+            ids.append(p + c + [tok.pad_token_id] * pad)
+            labels.append([-100] * len(p) + c + [-100] * pad)
+        ids, labels = torch.tensor(ids), torch.tensor(labels)  # [64, L]
         loss = model(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(), labels=labels).loss
         opt.zero_grad()
         loss.backward()
@@ -435,39 +425,57 @@ def rollout(model, prompt_ids, prompt_mask, max_new_tokens: int, stop_ids, gener
         done |= torch.isin(tok, stop_ids)
         if done.all():  # sync point (one per step on GPU); rows that finished early keep decoding, masked out below
             break
-        inputs, attn, pos = next_embed[:, None], torch.cat([attn, attn.new_ones(attn.shape[0], 1)], 1), pos[:, -1:] + 1
+        inputs = next_embed[:, None]  # [B, 1, H]
+        attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], 1)
+        pos = pos[:, -1:] + 1
     ids = torch.stack(tokens, 1)  # [B, T]
     stop = torch.isin(ids, stop_ids).long()
     return {"completion_ids": ids, "completion_mask": (stop.cumsum(1) - stop == 0).long()}
 
 
+LOGPROB_CHUNK = 256  # completion positions scored at a time: the fp32 logits never exceed [B, 256, V]
+
+
+def chunk_logprobs(h, lm_head, ids, temperature: float) -> tuple:
+    """One chunk of positions, h: [B, c, H] -> log softmax(z)[ids] computed as z[ids] - logsumexp(z), with
+    z = lm_head(h) / T in fp32, and the entropy (no grad): two [B, c] tensors. The [B, c, V] logits live only here."""
+    logits = lm_head(h).float() / temperature  # [B, c, V]
+    lse = logits.logsumexp(-1)  # [B, c]
+    with torch.no_grad():
+        entropy = lse - (logits.softmax(-1) * logits).sum(-1)  # logged only
+    return logits.gather(-1, ids[..., None]).squeeze(-1) - lse, entropy
+
+
 def token_logprobs(model, batch: dict, temperature: float) -> tuple:
-    """log pi(a_t | s_t) of every completion token, fp32 log-softmax over the full vocabulary, plus the entropy
-    (no grad). Used for the new, old and reference policies. Returns two [B, T] tensors."""
+    """log pi(a_t | s_t) of every completion token, an fp32 log-softmax over the full vocabulary computed in chunks
+    over T, plus the entropy (no grad). Used for the new, old and reference policies. Returns two [B, T] tensors."""
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)  # [B, P+T]
     attn = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
     embeds = model.get_input_embeddings()(ids)  # [B, P+T, H]
-    out = model(
-        inputs_embeds=embeds,
-        attention_mask=attn,
-        position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
-        use_cache=False,
-        logits_to_keep=batch["completion_ids"].shape[1] + 1,
-    )  # only the logits that score completion tokens
-    logp_all = (out.logits[:, :-1].float() / temperature).log_softmax(-1)  # [B, T, V]: position t-1 scores token t
-    logp = logp_all.gather(-1, batch["completion_ids"][..., None]).squeeze(-1)  # [B, T]
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)  # [B, T], logged only
+    T = batch["completion_ids"].shape[1]
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    out = model.base_model(inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids, use_cache=False)
+    # Position s predicts token s+1, so completion token t is scored by the hidden state at t-1, the last prompt
+    # position for t = 0: keep the last T+1 positions and drop the final one, which scores no completion token.
+    h = out.last_hidden_state[:, -(T + 1) : -1]  # [B, T, H]
+    lm_head, scale = model.get_output_embeddings(), temperature if temperature > 0 else 1.0  # T = 0 scored at T = 1
+    chunks = []
+    for s in range(0, T, LOGPROB_CHUNK):  # checkpointed: the backward pass recomputes a chunk's logits too
+        part = slice(s, s + LOGPROB_CHUNK)
+        chunk = (h[:, part], lm_head, batch["completion_ids"][:, part], scale)
+        chunks.append(checkpoint(chunk_logprobs, *chunk, use_reentrant=False))
+    logp, entropy = (torch.cat(x, 1) for x in zip(*chunks))  # [B, T] each
     return logp, entropy
 
 
 def group_advantages(rewards, group_size: int, scale: bool = True):
-    """rewards: [N*G] grouped by prompt -> [N*G] advantages (R - mean) / (std + 1e-6).
-
-    Dr. GRPO (scale=False): R - mean."""
+    """rewards: [N*G] grouped by prompt -> [N*G] advantages (R - mean) / (std + 1e-6), std unbiased
+    (verl core_algos.py::compute_grpo_outcome_advantage). Dr. GRPO (scale=False): R - mean."""
     r = rewards.view(-1, group_size)  # [N, G]
     a = r - r.mean(1, keepdim=True)
-    return (a / (r.std(1, keepdim=True) + 1e-6) if scale else a).view(-1)
+    if scale:
+        a = a / (r.std(1, keepdim=True) + 1e-6)
+    return a.view(-1)
 
 
 def grpo_loss(
@@ -483,8 +491,8 @@ def grpo_loss(
     loss_agg_mode="token-mean",
     max_len=None,
 ) -> tuple:
-    """verl's GRPO policy loss. logp, logp_old, logp_ref, mask: [B, T]; advantages: [B].
-    Returns the scalar loss and a dict of detached statistics."""
+    """verl's GRPO policy loss (core_algos.py::compute_policy_loss, kl_penalty, agg_loss).
+    logp, logp_old, logp_ref, mask: [B, T]; advantages: [B]. Returns the scalar loss and detached statistics."""
     adv = advantages[:, None]  # [B, 1], broadcast over tokens
     ratio = torch.exp(logp - logp_old)  # [B, T]
     hi = clip_eps if clip_eps_high is None else clip_eps_high
@@ -494,14 +502,19 @@ def grpo_loss(
     kl = (torch.exp(d) - d - 1).clamp(-10, 10)  # k3 ("low_var_kl"): >= 0, 0 when equal; clamped as in verl
     per_token, m = pg + beta * kl, mask.float()
     seq_sum, seq_len = (per_token * m).sum(1), m.sum(1)  # [B]
-    loss = {
-        "token-mean": seq_sum.sum() / seq_len.sum().clamp(min=1),  # verl/DAPO: every token weighs the same
-        "seq-mean-token-mean": (seq_sum / seq_len.clamp(min=1)).mean(),  # original GRPO: 1/|o_i| per sequence
-        "seq-mean-token-sum": seq_sum.mean(),
-        "seq-mean-token-sum-norm": seq_sum.sum() / (m.shape[0] * (max_len or m.shape[1])),
-    }[loss_agg_mode]  # Dr. GRPO
+    if loss_agg_mode == "token-mean":  # verl/DAPO: every valid token of the micro-batch weighs the same
+        loss = seq_sum.sum() / seq_len.sum().clamp(min=1)
+    elif loss_agg_mode == "seq-mean-token-mean":  # original GRPO: 1/|o_i| per sequence
+        loss = (seq_sum / seq_len.clamp(min=1)).mean()
+    elif loss_agg_mode == "seq-mean-token-sum":
+        loss = seq_sum.mean()
+    else:  # "seq-mean-token-sum-norm", Dr. GRPO: a constant denominator B * max_len
+        loss = seq_sum.sum() / (m.shape[0] * (max_len or m.shape[1]))
     clipped = ((ratio < 1 - clip_eps) & (adv < 0)) | ((ratio > 1 + hi) & (adv > 0))
-    masked_mean = lambda x: ((x * m).sum() / m.sum().clamp(min=1)).detach()  # noqa: E731
+
+    def masked_mean(x):
+        return ((x * m).sum() / m.sum().clamp(min=1)).detach()
+
     return loss, {"kl": masked_mean(kl), "clip_ratio/region_mean": masked_mean(clipped.float())}
 
 
@@ -510,44 +523,58 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k)) if n - c >= k else 1.0
 
 
+def grade(texts: list, rows: list, n: int, grader: str) -> dict:
+    """Pass@k (k = 1, 2, 4, ..., n) under `grader` and both graders' accuracy. texts, rows: n per problem, in turn."""
+    marks = {"math-verify": [], "rule": []}
+    for text, row in zip(texts, rows):
+        marks["math-verify"].append(eval_reward(text, row["answer"]))
+        marks["rule"].append(math_reward(text, row["answer"]))
+    correct = [sum(marks[grader][i : i + n]) for i in range(0, len(texts), n)]  # [problems]
+    res = {}
+    for k in sorted({2**j for j in range(n.bit_length())} | {n}):
+        res[f"pass@{k}"] = sum(pass_at_k(n, c, k) for c in correct) / len(correct)
+    for name, m in marks.items():
+        res[f"accuracy/{name}"] = sum(m) / len(m)
+    return res
+
+
 def decode(tok, out: dict) -> list:
     """Completion texts (special tokens dropped), cut at the mask."""
-    return [
-        tok.decode(i[m.bool()].tolist(), skip_special_tokens=True)
-        for i, m in zip(out["completion_ids"], out["completion_mask"])
-    ]
+    pairs = zip(out["completion_ids"], out["completion_mask"])
+    return [tok.decode(ids[mask.bool()].tolist(), skip_special_tokens=True) for ids, mask in pairs]
+
+
+def split_batch(batch: dict, size: int) -> list:
+    """Consecutive slices of `size` rows of every tensor in the batch: the mini- and micro-batches."""
+    starts = range(0, len(batch["advantages"]), size)
+    return [{k: v[i : i + size] for k, v in batch.items()} for i in starts]
 
 
 def generate(model, tok, rows: list, chunk: int, max_new_tokens: int, stop_ids, generator, **sampling) -> dict:
     """Rollouts for rows, decoded `chunk` rows at a time (bounds the KV-cache memory).
-
-    Completions are right-padded to one T."""
-    P, dev = max(len(r["prompt_ids"]) for r in rows), stop_ids.device
-    prompt_ids = torch.tensor(
-        [[tok.pad_token_id] * (P - len(r["prompt_ids"])) + r["prompt_ids"] for r in rows], device=dev
-    )  # [B, P]
-    prompt_mask = torch.tensor(
-        [[0] * (P - len(r["prompt_ids"])) + [1] * len(r["prompt_ids"]) for r in rows], device=dev
-    )  # left pad
-    outs = [
-        rollout(
-            model,
-            prompt_ids[i : i + chunk],
-            prompt_mask[i : i + chunk],
-            max_new_tokens,
-            stop_ids,
-            generator,
-            **sampling,
-        )
-        for i in range(0, len(rows), chunk)
-    ]
+    Prompts are left-padded to one P; completions are right-padded with zeros to one T."""
+    P = max(len(r["prompt_ids"]) for r in rows)
+    prompt_ids, prompt_mask = [], []
+    for r in rows:
+        pad = P - len(r["prompt_ids"])
+        prompt_ids.append([tok.pad_token_id] * pad + r["prompt_ids"])
+        prompt_mask.append([0] * pad + [1] * len(r["prompt_ids"]))
+    prompt_ids = torch.tensor(prompt_ids, device=stop_ids.device)  # [B, P]
+    prompt_mask = torch.tensor(prompt_mask, device=stop_ids.device)
+    outs = []
+    for i in range(0, len(rows), chunk):
+        ids, mask = prompt_ids[i : i + chunk], prompt_mask[i : i + chunk]
+        outs.append(rollout(model, ids, mask, max_new_tokens, stop_ids, generator, **sampling))
     T = max(o["completion_ids"].shape[1] for o in outs)
-    pad = lambda x: torch.cat([x, x.new_zeros(x.shape[0], T - x.shape[1], *x.shape[2:])], 1)  # noqa: E731
-    return {
-        "prompt_ids": prompt_ids,
-        "prompt_mask": prompt_mask,
-        **{k: torch.cat([pad(o[k]) for o in outs]) for k in outs[0]},
-    }
+    batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask}
+    for key in outs[0]:  # every stored [b, t, ...] tensor
+        batch[key] = torch.cat([pad_right(o[key], T) for o in outs])
+    return batch
+
+
+def pad_right(x, T: int):
+    """Zero-pad a [b, t, ...] tensor to [b, T, ...]."""
+    return torch.cat([x, x.new_zeros(x.shape[0], T - x.shape[1], *x.shape[2:])], 1)
 
 
 def main(args: Args) -> dict:
@@ -565,124 +592,85 @@ def main(args: Args) -> dict:
             f"cannot load {path!r} ({str(e).splitlines()[0][:100]}): pass a Hub id or a model folder",
         )
     tok.pad_token = tok.pad_token or tok.eos_token  # Llama has none; masks, not pad ids, mark the padding here
-    if args.dataset is None:
-        train_raw, eval_raw = toy_splits(args)
-    else:  # without --eval-dataset the last eval_problems rows are held out (if any rows remain for training)
-        rows, n = load_rows(args.dataset, "--dataset", args), args.eval_problems
-        train_raw, eval_raw = (
-            (rows, load_rows(args.eval_dataset, "--eval-dataset", args))
-            if args.eval_dataset
-            else (rows[:-n] or rows, rows[-n:])
-        )
+    train_raw, eval_raw = toy_splits(args)  # the built-in task, unless --dataset / --eval-dataset replace it
+    if args.dataset and not (args.eval_only and args.eval_dataset):  # --eval-only needs no training data
+        train_raw = load_rows(args.dataset, "--dataset", args)
+        if not args.eval_dataset:  # hold out the last eval_problems rows (if any rows remain for training)
+            n = args.eval_problems
+            train_raw, eval_raw = train_raw[:-n] or train_raw, train_raw[-n:]
+    if args.eval_dataset:
+        eval_raw = load_rows(args.eval_dataset, "--eval-dataset", args)
+    if args.eval_only:
+        train_raw = []
     train_rows, skipped = render_prompts(tok, train_raw, args.max_prompt_length)
     eval_rows, eval_skipped = render_prompts(tok, eval_raw[: args.eval_problems], args.max_prompt_length)
     if not eval_rows or not (train_rows or args.eval_only):
         fail("--max-prompt-length", f"every prompt is longer than {args.max_prompt_length} tokens: raise it")
-    load = lambda: AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(device)  # noqa: E731
-    model = load()  # after the data checks: bad input fails before a large download
+
+    def load_model():
+        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(device)
+
+    model = load_model()  # after the data checks: bad input fails before a large download
     eos = model.generation_config.eos_token_id  # int or list (Llama-3 instruct stops at <|eot_id|> too)
-    stop_ids = torch.tensor(
-        sorted({tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}), device=device
-    )
+    eos_ids = {tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
+    stop_ids = torch.tensor(sorted(eos_ids), device=device)
     run_name = f"{os.path.basename(path.rstrip('/'))}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join(args.output_dir, run_name)
     if args.track:
         import wandb
 
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=vars(args),
-            name=run_name,
-            save_code=True,
-        )
+        project = dict(project=args.wandb_project_name, entity=args.wandb_entity)
+        wandb.init(**project, name=run_name, config=vars(args), sync_tensorboard=True, save_code=True)
     writer = SummaryWriter(run_dir)
-    writer.add_text(
-        "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
-    )
-    print(
-        f"{run_name}: {len(train_rows)} train / {len(eval_rows)} eval prompts, "
-        f"{skipped + eval_skipped} skipped as too long"
-    )
-    generator = torch.Generator(device).manual_seed(
-        args.seed
-    )  # every sampling draw comes from here: reproducible rollouts
-    summary = {"run_dir": run_dir, "skipped_prompts": skipped + eval_skipped}
+    table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+    n_skipped = skipped + eval_skipped
+    print(f"{run_name}: {len(train_rows)} train / {len(eval_rows)} eval prompts, {n_skipped} skipped as too long")
+    generator = torch.Generator(device).manual_seed(args.seed)  # every sampling draw: reproducible rollouts
+    summary = {"run_dir": run_dir, "skipped_prompts": n_skipped}
 
     def run_eval(step: int) -> dict:
-        """n samples per held-out problem with the eval sampling flags; Pass@1 (mean accuracy) and unbiased Pass@k."""
-        t0, n, todo = time.time(), args.eval_samples, [r for r in eval_rows for _ in range(args.eval_samples)]
-        out = generate(
-            model.eval(),
-            tok,
-            todo,
-            args.rollout_batch_size,
-            args.eval_max_new_tokens or args.max_new_tokens,
-            stop_ids,
-            generator,
-            temperature=args.eval_temperature,
-            top_k=args.eval_top_k,
-            top_p=args.eval_top_p,
-        )
-        c = (
-            torch.tensor([math_reward(t, r["answer"]) for t, r in zip(decode(tok, out), todo)])
-            .view(-1, n)
-            .sum(1)
-            .tolist()
-        )  # [problems]
-        res = {
-            f"pass@{k}": sum(pass_at_k(n, ci, k) for ci in c) / len(c)
-            for k in sorted({2**j for j in range(n.bit_length())} | {n})
-        }
-        [writer.add_scalar(f"eval/{k}", v, step) for k, v in res.items()]
+        """n samples per held-out problem with the eval sampling flags: Pass@k (--eval-grader), both accuracies."""
+        t0, n = time.time(), args.eval_samples
+        todo = []  # each problem n times in a row
+        for r in eval_rows:
+            todo += [r] * n
+        max_new = args.eval_max_new_tokens or args.max_new_tokens
+        sampling = dict(temperature=args.eval_temperature, top_k=args.eval_top_k, top_p=args.eval_top_p)
+        out = generate(model.eval(), tok, todo, args.rollout_batch_size, max_new, stop_ids, generator, **sampling)
+        res = grade(decode(tok, out), todo, n, args.eval_grader)
+        for k, v in res.items():
+            writer.add_scalar(f"eval/{k}", v, step)
         tqdm.write(f"eval step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in res.items()))
+        record = dict(run=run_name, step=step, model=path, n=n, problems=len(eval_rows), time=time.time() - t0)
+        record.update(sampling, grader=args.eval_grader, **res)
         with open(os.path.join(run_dir, f"eval_step{step}.json"), "w") as f:
-            json.dump(
-                {
-                    "run": run_name,
-                    "step": step,
-                    "model": path,
-                    "n": args.eval_samples,
-                    "problems": len(eval_rows),
-                    "time": time.time() - t0,
-                    "temperature": args.eval_temperature,
-                    "top_k": args.eval_top_k,
-                    "top_p": args.eval_top_p,
-                    **res,
-                },
-                f,
-                indent=1,
-            )
+            json.dump(record, f, indent=1)
         return res
 
     summary["eval_before"] = run_eval(0)
     if args.eval_only:
         return summary
-    ref_model = load().eval().requires_grad_(False) if args.beta > 0 else None  # frozen copy of the initial policy
+    ref_model = None  # a frozen copy of the initial policy, loaded only when the KL term is on
+    if args.beta > 0:
+        ref_model = load_model().eval().requires_grad_(False)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01)
     G, order, t_start = args.group_size, [], time.time()
-    split = lambda b, n: [{k: v[i : i + n] for k, v in b.items()} for i in range(0, len(b["advantages"]), n)]  # noqa: E731
+    loss_kw = dict(clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high, dual_clip=args.dual_clip, beta=args.beta)
+    loss_kw.update(loss_agg_mode=args.loss_agg_mode, max_len=args.max_new_tokens)
+    train_sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     for step in (pbar := tqdm(range(1, args.total_steps + 1), desc="GRPO")):
         # 1. Rollout: G completions for each of prompts_per_step prompts, sampled by the current policy
         t0 = time.time()
         if len(order) < args.prompts_per_step:  # a fresh shuffle per epoch over the training prompts
             order += random.sample(range(len(train_rows)), len(train_rows))
-        rows = [r for r in [train_rows[order.pop()] for _ in range(args.prompts_per_step)] for _ in range(G)]  # [B*G]
-        batch = generate(
-            model.eval(),
-            tok,
-            rows,
-            args.rollout_batch_size,
-            args.max_new_tokens,
-            stop_ids,
-            generator,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-        )
+        rows = []  # [B*G]: each prompt G times in a row
+        for _ in range(args.prompts_per_step):
+            rows += [train_rows[order.pop()]] * G
+        max_new, chunk = args.max_new_tokens, args.rollout_batch_size
+        batch = generate(model.eval(), tok, rows, chunk, max_new, stop_ids, generator, **train_sampling)
         texts = decode(tok, batch)
         rewards = torch.tensor([math_reward(t, r["answer"]) for t, r in zip(texts, rows)])  # [B*G]
         batch["advantages"] = group_advantages(rewards, G, not args.dr_grpo).to(device)  # [B*G]
@@ -691,74 +679,57 @@ def main(args: Args) -> dict:
         # 2. Old and reference log-probs, recomputed by the training model (not the sampler's numbers)
         t0 = time.time()
         with torch.no_grad():  # the same micro-batches as the update below, so the first ratio is exactly 1
-            micros = split(batch, args.micro_batch_size)
-            batch["logp_old"] = torch.cat(
-                [token_logprobs(model.train(), mb, args.temperature)[0] for mb in micros]
-            )  # [B*G, T]
-            batch["logp_ref"] = (
-                torch.cat([token_logprobs(ref_model, mb, args.temperature)[0] for mb in micros])
-                if ref_model
-                else batch["logp_old"]
-            )
+            micros = split_batch(batch, args.micro_batch_size)
+            logp_old = [token_logprobs(model.train(), mb, args.temperature)[0] for mb in micros]
+            batch["logp_old"] = torch.cat(logp_old)  # [B*G, T]
+            batch["logp_ref"] = batch["logp_old"]
+            if ref_model is not None:
+                logp_ref = [token_logprobs(ref_model, mb, args.temperature)[0] for mb in micros]
+                batch["logp_ref"] = torch.cat(logp_ref)
 
         # 3. PPO mini-batches, one optimizer step each; micro-batches accumulate gradients
         stats = []
-        for mini in split(batch, args.mini_batch_prompts * G):
+        for mini in split_batch(batch, args.mini_batch_prompts * G):
             optimizer.zero_grad()
-            micros = split(mini, args.micro_batch_size)
+            micros = split_batch(mini, args.micro_batch_size)
             for mb in micros:
                 logp, entropy = token_logprobs(model, mb, args.temperature)
                 loss, st = grpo_loss(
-                    logp,
-                    mb["logp_old"],
-                    mb["logp_ref"],
-                    mb["advantages"],
-                    mb["completion_mask"],
-                    args.clip_eps,
-                    args.clip_eps_high,
-                    args.dual_clip,
-                    args.beta,
-                    args.loss_agg_mode,
-                    args.max_new_tokens,
+                    logp, mb["logp_old"], mb["logp_ref"], mb["advantages"], mb["completion_mask"], **loss_kw
                 )
                 if not torch.isfinite(loss):
-                    raise SystemExit(
-                        f"error: non-finite loss at step {step}: lower --learning-rate or use --dtype float32"
-                    )
+                    msg = f"error: non-finite loss at step {step}: lower --learning-rate or use --dtype float32"
+                    raise SystemExit(msg)
                 (loss / len(micros)).backward()  # as verl: each micro-batch loss divided by the accumulation count
-                stats.append({"loss": loss.detach(), "entropy": entropy[mb["completion_mask"].bool()].mean(), **st})
+                st["entropy"] = entropy[mb["completion_mask"].bool()].mean()
+                stats.append({"loss": loss.detach(), **st})
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
         train_time = time.time() - t0
 
         # 4. Logging with TRL's metric names
         group_std = rewards.view(-1, G).std(1)
+        stopped = torch.isin(batch["completion_ids"], stop_ids).any(1).float()  # [B*G]: reached a stop token
         log = {k: torch.stack([s[k] for s in stats]).mean().item() for k in stats[0]}
-        log.update(
-            {
-                "reward": rewards.mean().item(),
-                "reward_std": group_std.mean().item(),
-                "frac_reward_zero_std": (group_std == 0).float().mean().item(),
-                "completions/mean_length": batch["completion_mask"].sum(1).float().mean().item(),
-                "grad_norm": grad_norm.item(),
-                "completions/clipped_ratio": 1
-                - torch.isin(batch["completion_ids"], stop_ids).any(1).float().mean().item(),
-                "perf/gen_time": gen_time,
-                "perf/train_time": train_time,
-                "perf/gen_tokens_per_s": gen_tokens / gen_time,
-            }
-        )
-        [writer.add_scalar(k, v, step) for k, v in log.items()]
+        log["reward"] = rewards.mean().item()
+        log["reward_std"] = group_std.mean().item()
+        log["frac_reward_zero_std"] = (group_std == 0).float().mean().item()
+        log["completions/mean_length"] = batch["completion_mask"].sum(1).float().mean().item()
+        log["completions/clipped_ratio"] = 1 - stopped.mean().item()
+        log["grad_norm"] = grad_norm.item()
+        log["perf/gen_time"] = gen_time
+        log["perf/train_time"] = train_time
+        log["perf/gen_tokens_per_s"] = gen_tokens / gen_time
+        for k, v in log.items():
+            writer.add_scalar(k, v, step)
         pbar.set_postfix(reward=f"{log['reward']:.3f}", step_s=f"{gen_time + train_time:.1f}")
         if args.log_completions_every and step % args.log_completions_every == 0:
-            writer.add_text(
-                "completions",
-                "\n\n".join(
-                    f"{r['problem']} (answer {r['answer']}, reward {w:.0f}):\n\n    {t}"
-                    for r, t, w in list(zip(rows, texts, rewards.tolist()))[::G][:4]
-                ),
-                step,
-            )
+            samples = []  # the first completion of the first 4 groups
+            for i in range(0, min(4 * G, len(rows)), G):
+                samples.append(
+                    f"{rows[i]['problem']} (answer {rows[i]['answer']}, reward {rewards[i]:.0f}):\n\n    {texts[i]}"
+                )
+            writer.add_text("completions", "\n\n".join(samples), step)
         if args.eval_every and step % args.eval_every == 0 and step < args.total_steps:
             run_eval(step)
         if args.save_every and step % args.save_every == 0:

@@ -6,9 +6,9 @@
 #   bash benchmarks/sofT_grpo.sh report  # Pass@k table (grpo_report.py): every model x decoding
 #   bash benchmarks/sofT_grpo.sh tests   # wall time of tests/test_sofT_grpo.py
 # Runs and logs land in benchmarks/runs/ (gitignored). Each run ends with a "SUMMARY {json}" line (main()'s summary).
+# Needs only the README's install (`python` with requirements.txt); activate your own environment first if you use one.
 set -euo pipefail
 cd "$(dirname "$0")"
-. ../.venv/bin/activate
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MKL_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p runs
 

@@ -4,9 +4,13 @@ data, decode-loop parity with HF generate, the real-model path, a short toy run,
 import glob
 import itertools
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +20,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 import discrete_grpo as dg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+M = dg  # the module the shared helper tests below check (tests/test_sofT_grpo.py checks its own copies)
+SAMPLING = dict(temperature=1.0, top_k=0, top_p=1.0)  # the rollout flags of the scripted-model test
 # a toy small enough for seconds on CPU; every test that trains shares its cached base model
 TINY = dict(
     toy_hidden_size=32,
@@ -60,72 +66,6 @@ def tiny_model_dir(path):
     return model, tok
 
 
-# ---- pure math -------------------------------------------------------------------------------------------
-def test_group_advantages():
-    r = torch.tensor([1.0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 1])  # 3 groups of 4, the middle one all equal
-    a = dg.group_advantages(r, 4).view(3, 4)
-    torch.testing.assert_close(a[[0, 2]].mean(1), torch.zeros(2), atol=1e-6, rtol=0)
-    torch.testing.assert_close(a[[0, 2]].std(1), torch.ones(2), atol=1e-4, rtol=0)
-    assert torch.equal(a[1], torch.zeros(4))
-    torch.testing.assert_close(
-        dg.group_advantages(r, 4, scale=False).view(3, 4)[0], torch.tensor([0.5, -0.5, -0.5, 0.5])
-    )
-    assert (
-        abs(dg.group_advantages(torch.tensor([1.0] + [0] * 7), 8).max().item() - 2.4749) < 1e-3
-    )  # verl's logged max at G=8
-
-
-def test_loss_at_ratio_one_is_minus_advantage():
-    adv = torch.tensor([1.5, -0.7, 0.0])
-    logp = torch.randn(3, 5)
-    for i in range(3):  # one sequence at a time: the token-mean of a constant -A is -A
-        loss, st = dg.grpo_loss(
-            logp[i : i + 1], logp[i : i + 1], logp[i : i + 1], adv[i : i + 1], torch.ones(1, 5), beta=0.1
-        )
-        torch.testing.assert_close(loss, -adv[i])
-        assert st["kl"] == 0 and st["clip_ratio/region_mean"] == 0
-    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0], [1, 0, 0, 0, 0]])
-    loss, _ = dg.grpo_loss(logp, logp, logp, adv, mask)
-    torch.testing.assert_close(loss, -(adv * mask.sum(1)).sum() / mask.sum())  # token-mean weighs every token the same
-
-
-def test_clipping_and_dual_clip():
-    one = torch.ones(1, 1)
-    big = torch.full((1, 1), float(torch.log(torch.tensor(10.0))))  # ratio 10
-    loss, st = dg.grpo_loss(big, torch.zeros(1, 1), None, torch.tensor([-2.0]), one, clip_eps=0.2, dual_clip=3.0)
-    torch.testing.assert_close(loss, torch.tensor(6.0))  # -A * c, not -A * 10
-    loss, _ = dg.grpo_loss(big, torch.zeros(1, 1), None, torch.tensor([-2.0]), one, dual_clip=100.0)
-    torch.testing.assert_close(loss, torch.tensor(20.0))  # without the cap: -A * ratio
-    loss, st = dg.grpo_loss(big, torch.zeros(1, 1), None, torch.tensor([2.0]), one, clip_eps=0.2)
-    torch.testing.assert_close(loss, torch.tensor(-2.4))  # A > 0: clipped at 1 + eps
-    assert st["clip_ratio/region_mean"] == 1
-    loss, _ = dg.grpo_loss(big, torch.zeros(1, 1), None, torch.tensor([2.0]), one, clip_eps=0.2, clip_eps_high=0.28)
-    torch.testing.assert_close(loss, torch.tensor(-2.56))
-
-
-def test_k3_kl():
-    logp, logp_ref = torch.randn(4, 6), torch.randn(4, 6)
-    mask, zero_adv = torch.ones(4, 6), torch.zeros(4)
-    loss, st = dg.grpo_loss(logp, logp, logp_ref, zero_adv, mask, beta=1.0)
-    d = logp_ref - logp
-    expected = (d.exp() - d - 1).clamp(max=10)
-    assert (expected >= 0).all()
-    torch.testing.assert_close(st["kl"], expected.mean())
-    torch.testing.assert_close(loss, expected.mean())
-    _, st = dg.grpo_loss(logp, logp, logp.clone(), zero_adv, mask, beta=1.0)
-    assert st["kl"] == 0
-
-
-def test_pass_at_k_against_enumeration():
-    for n in range(1, 7):
-        for c in range(n + 1):
-            outcomes = [1] * c + [0] * (n - c)
-            for k in range(1, n + 1):
-                subsets = list(itertools.combinations(range(n), k))
-                brute = sum(any(outcomes[i] for i in s) for s in subsets) / len(subsets)
-                assert abs(dg.pass_at_k(n, c, k) - brute) < 1e-12, (n, c, k)
-
-
 # ---- reward ----------------------------------------------------------------------------------------------
 def test_last_boxed():
     assert dg.last_boxed("a \\boxed{x^{2}} b \\fbox{\\frac{1}{2}} c") == "\\frac{1}{2}"
@@ -162,21 +102,98 @@ def test_math_reward_cases(completion, answer, expected):
     assert dg.math_reward(completion, answer) == expected
 
 
-@pytest.mark.parametrize("name", ["gsm8k_test.jsonl", "math500.jsonl"])
-def test_math_reward_on_shared_data(name):
-    path = os.path.join(REPO, "..", "shared", "data", name)
-    if not os.path.exists(path):
-        pytest.skip(f"{path} not present")
-    with open(path) as f:
-        rows = [json.loads(line) for line in f]
-    assert all(dg.math_reward(f"so \\boxed{{{r['answer']}}}", r["answer"]) == 1.0 for r in rows)
-    # another row's answer: the nearest earlier row whose answer string differs (GSM8K repeats some numbers)
-    other = [
-        next(rows[j]["answer"] for j in range(i - 1, i - len(rows), -1) if rows[j]["answer"] != r["answer"])
-        for i, r in enumerate(rows)
-    ]
-    wrong = [dg.math_reward(f"\\boxed{{{o}}}", r["answer"]) for o, r in zip(other, rows)]
-    assert sum(w == 0.0 for w in wrong) / len(rows) >= 0.99
+# ---- sampling and log-probs ---------------------------------------------------------------------------------
+def filtered_distribution(logits, temperature, top_k, top_p):
+    """Brute force, one row: softmax(z / T), keep the top_k largest, then the smallest prefix (in decreasing order)
+    whose mass reaches top_p; renormalised."""
+    p = [math.exp(z / temperature) for z in logits]
+    order = sorted(range(len(p)), key=lambda i: -p[i])[: top_k or len(p)]
+    total, kept = sum(p[i] for i in order), []
+    for i in order:
+        if sum(p[j] for j in kept) / total >= top_p:
+            break
+        kept.append(i)
+    out = [0.0] * len(p)
+    for i in kept:
+        out[i] = p[i] / sum(p[j] for j in kept)
+    return out
+
+
+def test_sample_step_filters_against_brute_force():
+    n, embed = 20000, torch.nn.Embedding(8, 4)
+    logits = torch.tensor(
+        [
+            [2.0, 1.6, 1.2, 0.9, 0.1, -0.4, -1.0, -2.0],
+            [0.0, 3.0, 0.5, 2.5, -1.0, 1.0, 0.2, -0.3],
+            [1.0, 1.0, 0.9, 0.2, 0.1, 0.0, -0.5, -3.0],
+            [-1.0, 0.4, 2.2, 0.3, 2.0, 1.9, -0.2, 0.6],
+        ]
+    )
+    for temperature, top_k, top_p in [(0.6, 5, 0.8), (1.3, 0, 0.7), (0.9, 3, 1.0), (1.0, 0, 1.0)]:
+        gen = torch.Generator().manual_seed(0)
+        tok, nxt, stored = dg.sample_step(logits.repeat_interleave(n, 0), embed, gen, temperature, top_k, top_p)
+        assert torch.equal(stored, tok) and torch.equal(nxt, embed(tok))
+        for b in range(4):
+            expected = torch.tensor(filtered_distribution(logits[b].tolist(), temperature, top_k, top_p))
+            counts = torch.bincount(tok[b * n : (b + 1) * n], minlength=8).double()
+            assert (counts[expected == 0] == 0).all() and (counts[expected > 0] > 0).all()  # exactly the kept set
+            kept = expected > 0
+            chi2 = ((counts[kept] - n * expected[kept]) ** 2 / (n * expected[kept])).sum().item()
+            assert chi2 < 26.2, (temperature, top_k, top_p, b)  # chi-square, <= 7 degrees of freedom, p = 0.001
+    assert torch.equal(dg.sample_step(logits, embed, None, 0.0, 5, 0.5)[0], logits.argmax(-1))  # T = 0: greedy
+
+
+def test_token_logprobs_against_each_unpadded_row(tmp_path):
+    model, tok = tiny_model_dir(tmp_path)
+    torch.manual_seed(0)
+    lengths, T = [3, 5, 2, 4], 4  # prompt lengths (left-padded to 5) and completion length
+    prompt_ids = torch.zeros(4, 5, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        prompt_ids[b, 5 - n :] = torch.randint(1, len(tok), (n,))
+    batch = {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": (prompt_ids != 0).long(),
+        "completion_ids": torch.randint(1, len(tok), (4, T)),
+        "completion_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]]),
+    }
+    with torch.no_grad():
+        logp, entropy = dg.token_logprobs(model, batch, 0.6)
+        for b, n in enumerate(lengths):  # reference: each row alone, no padding, full logits, input ids
+            seq = torch.cat([prompt_ids[b, 5 - n :], batch["completion_ids"][b]])
+            ref = (model(input_ids=seq[None]).logits[0, n - 1 : -1] / 0.6).log_softmax(-1)  # [T, V]
+            m = batch["completion_mask"][b].bool()
+            expected = ref.gather(-1, batch["completion_ids"][b][:, None]).squeeze(-1)
+            torch.testing.assert_close(logp[b][m], expected[m], atol=1e-5, rtol=0)
+            torch.testing.assert_close(entropy[b][m], -(ref.exp() * ref).sum(-1)[m], atol=1e-5, rtol=0)
+        greedy, at_one = dg.token_logprobs(model, batch, 0.0)[0], dg.token_logprobs(model, batch, 1.0)[0]
+    assert torch.equal(greedy, at_one)  # greedy rollouts are scored at T = 1
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_chunked_logprobs_equal_the_full_log_softmax(tmp_path, monkeypatch, temperature):
+    """token_logprobs scores T = 7 positions in chunks of 3, 3 and 1; values and gradients equal the full
+    log_softmax(...).gather(...) of the model's own logits."""
+    model, tok = tiny_model_dir(tmp_path)
+    monkeypatch.setattr(dg, "LOGPROB_CHUNK", 3)
+    torch.manual_seed(1)
+    prompt_ids = torch.randint(1, len(tok), (4, 5))
+    prompt_ids[[0, 2], :2] = 0  # left padding
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 6 + [0], [1, 1] + [0] * 5])
+    batch = dict(prompt_ids=prompt_ids, prompt_mask=(prompt_ids != 0).long(), completion_mask=mask)
+    batch["completion_ids"] = torch.randint(1, len(tok), (4, 7))
+    logp, entropy = dg.token_logprobs(model, batch, temperature)
+    attn = torch.cat([batch["prompt_mask"], mask], 1)
+    ids = torch.cat([prompt_ids, batch["completion_ids"]], 1)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0)).logits
+    full = (logits[:, -8:-1].float() / temperature).log_softmax(-1)  # [B, T, V]
+    ref = full.gather(-1, batch["completion_ids"][..., None]).squeeze(-1)
+    assert (logp - ref).abs().max() < 1e-6
+    ref_entropy = -(full.exp() * full).sum(-1)  # about 5.8 here: compared to fp32 rounding, 1e-6 relative
+    assert ((entropy - ref_entropy) / ref_entropy).abs().max() < 1e-6 and not entropy.requires_grad
+    grads = torch.autograd.grad((logp * mask).sum(), list(model.parameters()))
+    ref_grads = torch.autograd.grad((ref * mask).sum(), list(model.parameters()))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
 
 
 # ---- decode loop ------------------------------------------------------------------------------------------
@@ -200,12 +217,6 @@ def test_greedy_rollout_matches_generate(tmp_path):
     mask = out["completion_mask"].bool()
     assert torch.equal(out["completion_ids"][:, : ref.shape[1]][mask[:, : ref.shape[1]]], ref[mask[:, : ref.shape[1]]])
     assert mask.sum() == (ref != tok.pad_token_id).sum() or (ref == tok.eos_token_id).any()
-
-
-def test_completion_mask_includes_first_eos():
-    ids = torch.tensor([[5, 7, 2, 9, 2], [5, 5, 5, 5, 5]])
-    stop = torch.isin(ids, torch.tensor([2])).long()
-    assert ((stop.cumsum(1) - stop) == 0).long().tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
 
 
 # ---- the real path: a local model folder and dataset files in every format ----------------------------
@@ -239,10 +250,14 @@ def test_real_path_all_formats(tmp_path):
             str(tmp_path / "runs"),
         ]
         summary = dg.main(dg.cli(argv))
-        assert set(summary["eval_before"]) == {"pass@1", "pass@2"}
-        assert summary["skipped_prompts"] == 1
+        assert set(summary["eval_before"]) == {"pass@1", "pass@2", "accuracy/math-verify", "accuracy/rule"}
+        assert summary["skipped_prompts"] == 0  # --eval-only renders no training prompt (the long one is one)
         with open(os.path.join(summary["run_dir"], "eval_step0.json")) as f:
             assert json.load(f)["problems"] == 3
+    # --eval-only with --eval-dataset loads no training data: the preset's Hub --dataset is never touched
+    evalonly = dg.main(dg.cli(argv + ["--dataset", "someone/not-loaded", "--eval-dataset", str(tmp_path / "d.json")]))
+    with open(os.path.join(evalonly["run_dir"], "eval_step0.json")) as f:
+        assert json.load(f)["problems"] == 2 and evalonly["skipped_prompts"] == 1  # the first 3 hold the long one
     # one training step through the same flags; the saved checkpoint loads back like a Hub model
     summary = dg.main(
         dg.cli(
@@ -262,7 +277,7 @@ def test_real_path_all_formats(tmp_path):
             ]
         )
     )
-    assert torch.isfinite(torch.tensor(summary["loss"]))
+    assert torch.isfinite(torch.tensor(summary["loss"])) and summary["skipped_prompts"] == 1  # too long: skipped
     Qwen2ForCausalLM.from_pretrained(os.path.join(summary["run_dir"], "final"))
 
 
@@ -299,10 +314,16 @@ def test_toy_run_updates_every_parameter_and_is_deterministic(tmp_path, cache, m
         assert not torch.allclose(after[name], p * decay, rtol=0, atol=1e-7), name
 
 
-def test_toy_base_is_cached_and_deterministic(tmp_path, cache):
+def test_toy_base_is_cached_and_deterministic(tmp_path, cache, monkeypatch):
     args = dg.Args(**TINY, toy_cache_dir=cache)
     path = dg.build_toy_base(args)
-    assert path == dg.build_toy_base(args) and os.path.basename(path).startswith("toy-base-")
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the cached toy model was built again")
+
+    with monkeypatch.context() as m:  # a second call must return the cached folder without building a model
+        m.setattr(dg, "Qwen2ForCausalLM", no_rebuild)
+        assert path == dg.build_toy_base(args) and os.path.basename(path).startswith("toy-base-")
     other = dg.build_toy_base(dg.Args(**TINY, toy_cache_dir=str(tmp_path)))  # rebuilt from scratch elsewhere
     a, b = load_file(os.path.join(path, "model.safetensors")), load_file(os.path.join(other, "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -353,7 +374,7 @@ def test_bad_input_exits_2_with_one_line(argv, flag, capsys):
     assert err.startswith(f"error: {flag}") and "\n" not in err, err
 
 
-def test_bad_dataset_files(tmp_path, capsys):
+def test_bad_dataset_files(tmp_path, capsys, monkeypatch):
     model_dir = tmp_path / "model"
     tiny_model_dir(model_dir)
     (tmp_path / "noanswer.jsonl").write_text(json.dumps({"problem": "1+1"}) + "\n")
@@ -375,9 +396,12 @@ def test_bad_dataset_files(tmp_path, capsys):
             )
         assert e.value.code == 2
         assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {flag}")
-    with pytest.raises(SystemExit) as e:  # a Hub id without the `datasets` package
-        dg.load_rows("someone/some-dataset", "--dataset", dg.Args())
-    assert e.value.code == 2 and "datasets" in capsys.readouterr().err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for flag in ("--dataset", "--eval-dataset"):  # a Hub id that cannot be reached: one line, no traceback
+        with pytest.raises(SystemExit) as e:
+            dg.load_rows("someone/no-such-dataset", flag, dg.Args())
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and err.startswith(f"error: {flag}: cannot load") and "\n" not in err, err
 
 
 def test_command_line_bad_input_no_traceback():
@@ -386,6 +410,7 @@ def test_command_line_bad_input_no_traceback():
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.startswith("error: --group-size")
 
@@ -395,3 +420,225 @@ def test_non_finite_loss_stops_with_a_message(tmp_path, cache, monkeypatch):
     with pytest.raises(SystemExit) as e:
         dg.main(dg.Args(**{**TINY, "total_steps": 1}, toy_cache_dir=cache, output_dir=str(tmp_path)))
     assert "non-finite loss at step 1" in str(e.value.code)
+
+
+# ---- the pure helpers this script carries, against independent references (B >= 4) ------------------------
+def test_group_advantages_are_centred_and_scaled_per_group():
+    torch.manual_seed(0)
+    rewards = torch.tensor([1.0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0.5, 0.2, 0.9, 0.4])  # 5 groups of 4
+    got, got_dr = M.group_advantages(rewards, 4).tolist(), M.group_advantages(rewards, 4, scale=False).tolist()
+    for g in range(5):
+        r = rewards[4 * g : 4 * g + 4].tolist()
+        mean, std = statistics.mean(r), statistics.stdev(r)  # verl: unbiased std, eps 1e-6
+        for i in range(4):
+            assert math.isclose(got[4 * g + i], (r[i] - mean) / (std + 1e-6), abs_tol=1e-5)
+            assert math.isclose(got_dr[4 * g + i], r[i] - mean, abs_tol=1e-6)
+    assert abs(M.group_advantages(torch.tensor([1.0] + [0] * 7), 8).max().item() - 2.4749) < 1e-3  # verl's max, G=8
+
+
+def test_pass_at_k_against_enumeration():
+    for n in range(1, 8):
+        for c in range(n + 1):
+            outcomes = [1] * c + [0] * (n - c)
+            for k in range(1, n + 1):
+                subsets = list(itertools.combinations(range(n), k))
+                brute = sum(any(outcomes[i] for i in s) for s in subsets) / len(subsets)
+                assert abs(M.pass_at_k(n, c, k) - brute) < 1e-12, (n, c, k)
+
+
+def test_grade_gives_pass_at_k_for_n_not_a_power_of_two():
+    n, correct = 6, [0, 1, 4, 6, 2]  # 5 problems, 6 samples each
+    texts, rows = [], []
+    for p, c in enumerate(correct):
+        for i in range(n):
+            texts.append(f"\\boxed{{{p if i < c else p + 100}}}")
+            rows.append({"answer": str(p)})
+    res = M.grade(texts, rows, n, "math-verify")
+    assert set(res) == {"pass@1", "pass@2", "pass@4", "pass@6", "accuracy/math-verify", "accuracy/rule"}
+    for k in (1, 2, 4, 6):
+        expected = sum(1 - math.comb(n - c, k) / math.comb(n, k) for c in correct) / len(correct)
+        assert math.isclose(res[f"pass@{k}"], expected, abs_tol=1e-12), k
+    assert res["accuracy/math-verify"] == res["accuracy/rule"] == sum(correct) / (n * len(correct))
+    for i in range(n, 2 * n):  # problem 1 (one right sample, "1"): only math-verify sees that 1 = 2/2
+        rows[i] = {"answer": "\\frac{2}{2}"}
+    assert M.grade(texts, rows, n, "rule")["pass@1"] < M.grade(texts, rows, n, "math-verify")["pass@1"]
+
+
+def test_clipped_surrogate_and_dual_clip_on_a_batch():
+    # four rows of one token: (A, ratio) = (2, 10), (-2, 10), (-2, 0.5), (1, 0.5); eps 0.2, c = 3, by hand:
+    # max(-20, -2.4) = -2.4; min(max(20, 2.4), 6) = 6; min(max(1, 1.6), 6) = 1.6; max(-0.5, -0.8) = -0.5
+    adv = torch.tensor([2.0, -2.0, -2.0, 1.0])
+    logp = torch.log(torch.tensor([[10.0], [10.0], [0.5], [0.5]]))
+    loss, st = M.grpo_loss(logp, torch.zeros(4, 1), None, adv, torch.ones(4, 1), clip_eps=0.2, dual_clip=3.0)
+    torch.testing.assert_close(loss, torch.tensor((-2.4 + 6 + 1.6 - 0.5) / 4))
+    assert st["clip_ratio/region_mean"] == 0.5  # rows 1 and 3 sit in the clipped region
+    loss, _ = M.grpo_loss(logp, torch.zeros(4, 1), None, adv, torch.ones(4, 1), clip_eps=0.2, clip_eps_high=0.28)
+    torch.testing.assert_close(loss, torch.tensor((-2.56 + 6 + 1.6 - 0.5) / 4))  # clip-higher: 2 * 1.28
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
+def test_every_loss_agg_mode(mode):
+    # at ratio 1 and beta 0 every valid token's loss is exactly -A, so each mode has a closed form in A and lengths
+    torch.manual_seed(0)
+    adv, lengths, T, max_len = torch.tensor([1.5, -0.7, 0.3, 2.0, -1.1]), [2, 5, 1, 4, 3], 6, 8
+    mask = torch.tensor([[1] * n + [0] * (T - n) for n in lengths])
+    logp = torch.randn(5, T)
+    loss, _ = M.grpo_loss(logp, logp, logp, adv, mask, loss_agg_mode=mode, max_len=max_len)
+    token_sums = [-a * n for a, n in zip(adv.tolist(), lengths)]
+    expected = {
+        "token-mean": sum(token_sums) / sum(lengths),
+        "seq-mean-token-mean": sum(-a for a in adv.tolist()) / 5,
+        "seq-mean-token-sum": sum(token_sums) / 5,
+        "seq-mean-token-sum-norm": sum(token_sums) / (5 * max_len),
+    }[mode]
+    assert math.isclose(loss.item(), expected, rel_tol=1e-6)
+
+
+def test_k3_kl_is_an_unbiased_estimate_of_the_kl():
+    # E_{a ~ pi}[k3(a)] = KL(pi || pi_ref): weight each action's k3 by pi(a) through the (float) mask
+    torch.manual_seed(0)
+    pi, pi_ref = (
+        torch.softmax(torch.randn(4, 6, dtype=torch.float64), -1),
+        torch.softmax(torch.randn(4, 6), -1).double(),
+    )
+    exact = torch.distributions.kl_divergence(
+        torch.distributions.Categorical(pi), torch.distributions.Categorical(pi_ref)
+    )
+    for b in range(4):
+        logp, logp_ref = pi[b].log()[None], pi_ref[b].log()[None]
+        _, st = M.grpo_loss(logp, logp, logp_ref, torch.zeros(1), pi[b][None], beta=0.001)
+        assert math.isclose(st["kl"].item(), exact[b].item(), rel_tol=1e-6)
+    _, st = M.grpo_loss(logp, logp, logp_ref, torch.zeros(1), pi[3][None], beta=0.0)
+    assert st["kl"] == 0  # no reference model: no KL
+
+
+def test_completion_mask_and_positions_from_a_scripted_model():
+    # rows stop (EOS = 2) at steps 2, 4, 1 and 5; </think> (3) ends thinking at steps 1 and 0 in rows 1 and 2
+    script = [[5, 6, 2, 7, 7, 7], [5, 3, 6, 6, 2, 8], [3, 2, 9, 9, 9, 9], [5, 5, 5, 5, 5, 2]]
+    model = ScriptedModel(script, vocab=12)
+    prompt_ids = torch.tensor([[0, 0, 4, 4], [4, 4, 4, 4], [0, 4, 4, 4], [0, 0, 0, 4]])  # left-padded
+    prompt_mask = (prompt_ids != 0).long()
+    out = M.rollout(model, prompt_ids, prompt_mask, 8, torch.tensor([2]), torch.Generator().manual_seed(0), **SAMPLING)
+    assert out["completion_ids"].tolist() == script  # decoding stops once every row has stopped: T = 6
+    expected = [[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]]
+    assert out["completion_mask"].tolist() == expected  # up to and including the first stop token
+    lengths = prompt_mask.sum(1).tolist()
+    for step, pos in enumerate(model.positions):  # the position of the newest input: no shift from left padding
+        assert pos == [n - 1 + step for n in lengths]
+    short = M.rollout(ScriptedModel(script, 12), prompt_ids, prompt_mask, 3, torch.tensor([2]), None, **SAMPLING)
+    assert short["completion_mask"].tolist() == [[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 1, 1]]  # cut at 3 tokens
+
+
+def test_load_rows_extracts_the_answer_of_every_format(tmp_path):
+    rows = [
+        {"question": "Q1", "answer": "Half of 12 is 6.\n#### 72"},  # GSM8K
+        {"question": "Q2", "answer": "so $x = \\boxed{\\frac{1}{2}}$, and then \\boxed{\\sqrt{2}}."},  # MATH solution
+        {"question": "Q3", "answer": "\\left( 3, \\frac{\\pi}{2} \\right)"},  # a bare answer stays whole
+        {"question": "Q4", "answer": " 1,000 "},
+        {"question": "", "answer": "5"},  # no problem text: dropped
+        {"question": "Q6", "answer": ""},  # no answer: dropped
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    got = M.load_rows(str(tmp_path / "d.jsonl"), "--dataset", M.Args())
+    assert [r["problem"] for r in got] == ["Q1", "Q2", "Q3", "Q4"]
+    assert [r["answer"] for r in got] == ["72", "\\sqrt{2}", "\\left( 3, \\frac{\\pi}{2} \\right)", "1,000"]
+    (tmp_path / "f.json").write_text(json.dumps([{"problem": "P", "final_answer": "7", "solution": "\\boxed{8}"}] * 4))
+    assert M.load_rows(str(tmp_path / "f.json"), "--dataset", M.Args())[0]["answer"] == "7"  # answer field order
+    custom = M.Args(problem_field="text", answer_field="target")
+    (tmp_path / "c.json").write_text(json.dumps([{"text": "P", "target": "9", "answer": "1"}] * 4))
+    assert M.load_rows(str(tmp_path / "c.json"), "--dataset", custom) == [{"problem": "P", "answer": "9"}] * 4
+
+
+def answer_set():
+    """tests/data/answers.jsonl: gold answers with equivalent spellings (`same`), wrong answers, and spellings with
+    malformed operators (\\frac12) that the official math-verify settings do not repair."""
+    with open(os.path.join(REPO, "tests", "data", "answers.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def boxed(answer):
+    return f"Thinking.\n</think> The answer is \\boxed{{{answer}}}."
+
+
+def test_eval_grader_on_the_answer_set():
+    rows = answer_set()
+    assert len(rows) >= 10 and sum(len(r["same"]) for r in rows) >= 30
+    for r in rows:
+        gold = r["answer"]
+        assert M.eval_reward(boxed(gold), gold) == 1.0 and M.math_reward(boxed(gold), gold) == 1.0, gold
+        for spelling in r["same"]:
+            assert M.eval_reward(boxed(spelling), gold) == 1.0, (gold, spelling)
+        for spelling in r["wrong"]:
+            assert M.eval_reward(boxed(spelling), gold) == 0.0, (gold, spelling)
+            assert M.math_reward(boxed(spelling), gold) == 0.0, (gold, spelling)
+        for spelling in r.get("malformed", []):  # the official answer normalisation has malformed_operators=False
+            assert M.eval_reward(boxed(spelling), gold) == 0.0, (gold, spelling)
+    # the rule grader is the training reward: exact after normalisation, so most respellings fail
+    same = [(r["answer"], s) for r in rows for s in r["same"]]
+    rule = sum(M.math_reward(boxed(s), gold) for gold, s in same)
+    assert 0.3 < rule / len(same) < 0.8
+
+
+@pytest.mark.parametrize(
+    "completion,answer,mv,rule",
+    [
+        ("\\boxed{\\sqrt{2}/2}", "\\frac{\\sqrt{2}}{2}", 1.0, 0.0),
+        ("\\boxed{0.5}", "\\frac{1}{2}", 1.0, 1.0),
+        ("\\boxed{\\frac{2}{4}}", "\\frac{1}{2}", 1.0, 0.0),
+        ("\\boxed{3} and later \\boxed{4}", "4", 1.0, 1.0),  # the last box counts, for both graders
+        ("\\boxed{4} and later \\boxed{3}", "4", 0.0, 0.0),
+        ("the answer is 4", "4", 0.0, 0.0),  # no box: 0 for both
+        ("\\boxed{4", "4", 0.0, 0.0),
+    ],
+)
+def test_both_graders_on_known_cases(completion, answer, mv, rule):
+    assert M.eval_reward(completion, answer) == mv and M.math_reward(completion, answer) == rule
+
+
+def test_eval_grader_times_out_instead_of_hanging():
+    t0 = time.time()
+    assert M.eval_reward("\\boxed{9^{9^{9^{9^{9}}}}}", "5") == 0.0  # sympy would try to evaluate this for ever
+    assert time.time() - t0 < 6 * M.GRADER_TIMEOUT_S
+
+
+def test_decode_cuts_at_the_mask_and_split_batch_slices_every_tensor():
+    tok = M.toy_tokenizer()
+    texts = ["12+3=15", "</think> \\boxed{7}", "9", "0-0=0"]
+    rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    T = max(len(r) for r in rows) + 2
+    ids = torch.full((4, T), tok.convert_tokens_to_ids("<|im_end|>"))  # EOS after each text, then more EOS
+    mask = torch.zeros(4, T, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, : len(r)] = torch.tensor(r)
+        mask[b, : len(r) + 1] = 1  # the text and its EOS
+    ids[2, len(rows[2]) + 1 :] = torch.tensor(tok("5", add_special_tokens=False)["input_ids"])  # after the mask
+    assert M.decode(tok, {"completion_ids": ids, "completion_mask": mask}) == ["12+3=15", " \\boxed{7}", "9", "0-0=0"]
+    batch = {"advantages": torch.arange(10.0), "completion_ids": torch.arange(30).view(10, 3)}
+    parts = M.split_batch(batch, 4)
+    assert [len(p["advantages"]) for p in parts] == [4, 4, 2]
+    assert torch.equal(torch.cat([p["completion_ids"] for p in parts]), batch["completion_ids"])
+    assert torch.equal(parts[1]["advantages"], torch.tensor([4.0, 5, 6, 7]))
+
+
+class ScriptedModel(torch.nn.Module):
+    """A stand-in causal LM: at decode step s, row b's logits put +20 on script[b][s] and 0 elsewhere.
+    Records the position id of the newest input at every call."""
+
+    def __init__(self, script, vocab):
+        super().__init__()
+        self.script, self.calls, self.positions = script, 0, []
+        self.config = Qwen2Config(
+            vocab_size=vocab, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1
+        )
+        self.embed = torch.nn.Embedding(vocab, 8)
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, inputs_embeds, position_ids, **kwargs):
+        self.positions.append(position_ids[:, -1].tolist())
+        logits = torch.zeros(inputs_embeds.shape[0], 1, self.config.vocab_size)
+        for b, tokens in enumerate(self.script):
+            logits[b, 0, tokens[min(self.calls, len(tokens) - 1)]] = 20.0
+        self.calls += 1
+        return SimpleNamespace(logits=logits)

@@ -3,8 +3,13 @@ and a few SofT-GRPO steps on a tiny toy model (CPU, about a minute)."""
 
 import glob
 import hashlib
+import itertools
+import json
 import math
 import os
+import statistics
+import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +20,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2
 import discrete_grpo  # only tests may import both scripts (the toy base models must be bit-identical)
 import sofT_grpo as sg
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(toy_hidden_size=32, toy_num_layers=1, toy_sft_steps=2)  # a toy base model in seconds
+M = sg  # the module the shared helper tests below check: sofT_grpo.py carries its own copies
+SAMPLING = dict(  # the rollout flags of the scripted-model tests (</think> is id 3 there)
+    think_end_id=3, temperature=1.0, top_k=5, top_p=0.95, answer_top_k=5, answer_top_p=0.95
+)
+SAMPLING.update(tau_g=0.1, noise_scale=1.0, noise="gumbel")
 
 
 @pytest.fixture(scope="module")
@@ -192,27 +203,57 @@ def rows_for(tok, n):
 
 @pytest.mark.parametrize("noise", ["gumbel", "dirichlet", "gaussian"])
 def test_kv_cache_rollout_matches_full_forward_on_rebuilt_inputs(toy, monkeypatch, noise):
-    """The log-prob under the rollout's own (KV-cache) logits equals the one recomputed by token_logprobs from the
-    stored (ids, y) with one full forward; so do the logits (compared through the entropy)."""
+    """The log-prob under the rollout's own (KV-cache) logits at T = 0.6 equals the one recomputed by token_logprobs
+    from the stored (ids, y) with one full forward; so do the logits (compared through the entropy)."""
     _, tok, model = toy
     seen, step = [], sg.soft_sample_step
     monkeypatch.setattr(sg, "soft_sample_step", lambda logits, *a, **k: seen.append(logits) or step(logits, *a, **k))
     torch.manual_seed(0)
     rows = rows_for(tok, 6)  # different prompt lengths: left padding and position ids are exercised
-    kw = sampling(tok, noise=noise)
-    batch = sg.generate(
-        model, tok, rows, len(rows), 24, torch.tensor([tok.eos_token_id]), torch.Generator().manual_seed(0), **kw
-    )
-    assert batch["soft_mask"].any()
+    stop = torch.tensor([tok.eos_token_id])
+    kw = sampling(tok, noise=noise, temperature=0.6)
+    first = sg.generate(model, tok, rows, len(rows), 24, stop, torch.Generator().manual_seed(0), **kw)
+    kw["think_end_id"] = first["completion_ids"][0, 3].item()  # a token this barely trained model does emit
+    seen.clear()
+    batch = sg.generate(model, tok, rows, len(rows), 24, stop, torch.Generator().manual_seed(0), **kw)
+    hard = ~batch["soft_mask"] & batch["completion_mask"].bool()
+    assert batch["soft_mask"].any() and hard.any()  # both kinds of position are scored
     with torch.no_grad():
-        logp, ent = sg.token_logprobs(model, batch, 1.0, noise, kw["tau_g"])
-    z = torch.stack(seen, 1)  # [B, T, V]: the logits each sampling step saw
+        logp, ent = sg.token_logprobs(model, batch, 0.6, noise, kw["tau_g"])
+    z = torch.stack(seen, 1) / 0.6  # [B, T, V]: the logits each sampling step saw, at the rollout's temperature
     m = batch["completion_mask"].bool()
     ref = z.log_softmax(-1).gather(-1, batch["completion_ids"][..., None]).squeeze(-1)
     soft = batch["soft_mask"]
     ref[soft] = sg.soft_log_density(z.gather(-1, batch["soft_ids"])[soft], batch["soft_y"][soft], noise)
     assert torch.allclose(logp[m], ref[m], atol=1e-4)
     assert torch.allclose(ent[m], -(z.softmax(-1) * z.log_softmax(-1)).sum(-1)[m], atol=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_chunked_logprobs_equal_the_full_log_softmax(toy, monkeypatch, temperature):
+    """token_logprobs in chunks of 5 positions equals the full log_softmax(...).gather(...) at hard positions and
+    soft_log_density of the full logits' k stored entries at soft positions."""
+    _, tok, model = toy
+    monkeypatch.setattr(sg, "LOGPROB_CHUNK", 5)
+    kw = sampling(tok, temperature=temperature)
+    batch = sg.generate(model, tok, rows_for(tok, 4), 4, 12, torch.tensor([2]), torch.Generator().manual_seed(0), **kw)
+    batch["soft_mask"][:, ::3] = False  # hard positions as well: their stored token is scored by the log-softmax
+    seen = []
+    hook = model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["inputs_embeds"]), with_kwargs=True
+    )
+    with torch.no_grad():
+        logp, _ = sg.token_logprobs(model, batch, temperature)
+        hook.remove()
+        attn = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+        position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+        logits = model(inputs_embeds=seen[0], attention_mask=attn, position_ids=position_ids).logits
+    T, soft = batch["completion_ids"].shape[1], batch["soft_mask"]
+    full = logits[:, -(T + 1) : -1].float() / temperature  # [B, T, V]
+    ref = full.log_softmax(-1).gather(-1, batch["completion_ids"][..., None]).squeeze(-1)
+    ref[soft] = sg.soft_log_density(full.gather(-1, batch["soft_ids"])[soft], batch["soft_y"][soft], "gumbel")
+    assert T > 5 and soft.any() and (~soft).any()
+    assert (logp - ref).abs().max() < 1e-6
 
 
 def test_one_hot_soft_inputs_give_the_discrete_logits(toy):
@@ -294,6 +335,94 @@ def test_soft_inputs_are_detached():
     assert model.lm_head.weight.grad.abs().sum() > 0
 
 
+def test_topk_topp_probs_against_brute_force():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 11) * 2
+    for temperature, k, p in [(0.6, 5, 0.8), (1.0, 5, 0.95), (1.4, 3, 0.5), (0.7, 11, 1.0)]:
+        pi, ids = sg.topk_topp_probs(logits, temperature, k, p)
+        for b in range(6):
+            probs = torch.softmax(logits[b].double() / temperature, 0).tolist()
+            order = sorted(range(11), key=lambda i: -probs[i])[:k]
+            top = [probs[i] / sum(probs[j] for j in order) for i in order]  # top-k renormalised
+            kept = []
+            for q in top:  # then the smallest prefix whose mass reaches p
+                if sum(kept) >= p:
+                    break
+                kept.append(q)
+            expected = [q / sum(kept) for q in kept] + [0.0] * (len(order) - len(kept))
+            assert ids[b].tolist() == order
+            assert torch.allclose(pi[b].double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6)
+    pi, ids = sg.topk_topp_probs(logits, 0.0, 5, 0.95)  # T = 0: greedy, all the mass on the argmax
+    assert torch.equal(ids[:, 0], logits.argmax(-1)) and (pi[:, 0] == 1).all() and (pi[:, 1:] == 0).all()
+
+
+def test_soft_step_stores_the_sorted_ids_and_the_perturbed_logits():
+    torch.manual_seed(0)
+    B, V, k, T, p = 6, 12, 5, 0.7, 0.9
+    logits, embed = torch.randn(B, V) * 2, torch.nn.Embedding(V, 4)
+    thinking = torch.ones(B, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(3)
+    tok, nxt, (ids, y, soft) = sg.soft_sample_step(
+        logits, embed, gen, thinking, V + 1, T, k, p, k, p, 0.1, 1.0, "gumbel"
+    )
+    pi, top = sg.topk_topp_probs(logits, T, k, p)
+    w32 = torch.softmax(y / 0.1, -1)  # the rollout's fp32 weights (tiny ones underflow to ties at 0)
+    assert soft.all() and torch.equal(tok, ids[:, 0]) and (w32[:, :-1] >= w32[:, 1:]).all()  # sorted by weight
+    draws = torch.empty(B, k).exponential_(generator=torch.Generator().manual_seed(3))  # the step's first draws
+    noise = (-draws.log()).clamp(-1.5, 3.0)  # clamped standard Gumbel
+    for b in range(B):
+        assert sorted(ids[b].tolist()) == sorted(top[b].tolist())  # the top-k ids, permuted by the sort
+        pi_of = dict(zip(top[b].tolist(), pi[b].tolist()))
+        g = [yi - math.log(pi_of[i] + 1e-6) for i, yi in zip(ids[b].tolist(), y[b].tolist())]  # y = log(pi + 1e-6) + g
+        assert torch.allclose(torch.tensor(sorted(g)), noise[b].sort().values, atol=1e-5)
+    w = torch.softmax(y.double() / 0.1, -1)
+    torch.testing.assert_close(nxt.double(), (w[..., None] * embed.weight[ids].double()).sum(1), atol=1e-6, rtol=0)
+
+
+def test_thinking_to_answer_switch_from_a_scripted_model():
+    """soft_mask: True while a row thinks, False from the step that emits </think> (3) on; an EOS (2) emitted while
+    thinking is a soft action; the input after </think> is exactly E[</think>]."""
+    script = [[5, 6, 2, 7, 7, 7], [5, 3, 6, 6, 2, 8], [3, 2, 9, 9, 9, 9], [5, 5, 5, 5, 5, 2]]
+    model = ScriptedModel(script, vocab=12)
+    inputs = []
+    model.register_forward_pre_hook(lambda mod, args, kwargs: inputs.append(kwargs["inputs_embeds"]), with_kwargs=True)
+    prompt_ids = torch.tensor([[0, 4], [4, 4], [4, 4], [0, 4]])
+    out = sg.rollout(model, prompt_ids, (prompt_ids != 0).long(), 8, torch.tensor([2]), None, **SAMPLING)
+    soft = out["soft_mask"].tolist()
+    assert soft == [[True] * 6, [True] + [False] * 5, [False] * 6, [True] * 6]
+    E = model.embed.weight
+    assert torch.equal(inputs[2][1, 0], E[3]) and torch.equal(inputs[1][2, 0], E[3])  # one-hot E[</think>]
+    assert torch.equal(out["soft_ids"][1, 1], torch.tensor([3, *out["soft_ids"][1, 1, 1:].tolist()]))
+
+
+def test_temperature_0_is_greedy(toy):
+    """Greedy soft rollouts emit the parent's greedy tokens (the Gumbel-perturbed one-hot keeps its argmax)."""
+    _, tok, model = toy
+    rows = rows_for(tok, 5)
+    stop = torch.tensor([tok.eos_token_id])
+    soft = sg.generate(
+        model, tok, rows, 5, 16, stop, torch.Generator().manual_seed(0), **sampling(tok, temperature=0.0)
+    )
+    hard = discrete_grpo.generate(model, tok, rows, 5, 16, stop, None, temperature=0.0, top_k=0, top_p=1.0)
+    T = hard["completion_ids"].shape[1]
+    assert torch.equal(soft["completion_ids"][:, :T], hard["completion_ids"])
+    with torch.no_grad():
+        assert torch.isfinite(sg.token_logprobs(model, soft, 0.0)[0]).all()
+
+
+def test_each_eval_setting_runs_once(toy, tmp_path):
+    path, _, _ = toy
+    args = sg.Args(model_name_or_path=path, eval_only=True, eval_problems=3, eval_samples=3, max_new_tokens=12)
+    summary = sg.main(sg.replace(args, output_dir=str(tmp_path)))
+    with open(os.path.join(summary["run_dir"], "eval_step0.json")) as f:
+        record = json.load(f)
+    assert record["settings"] == sg.EVAL_SETTINGS and record["grader"] == "math-verify"
+    for name in sg.EVAL_SETTINGS:
+        keys = {f"{name}/pass@{k}" for k in (1, 2, 3)} | {f"{name}/accuracy/{g}" for g in ("math-verify", "rule")}
+        assert keys <= set(record) and all(0 <= record[key] <= 1 for key in keys), name
+        assert record[f"{name}/pass@1"] == record[f"{name}/accuracy/math-verify"]
+
+
 def test_bad_input_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
         sg.main(sg.Args(top_k=0))
@@ -342,3 +471,225 @@ def test_a_few_sofT_grpo_steps_train_every_parameter_deterministically(tmp_path,
     _, s2 = run_tiny(tmp_path, monkeypatch, "b")
     assert weights_hash(os.path.join(s1["run_dir"], "final")) == weights_hash(os.path.join(s2["run_dir"], "final"))
     assert without_timings(s1) == without_timings(s2)
+
+
+# ---- the pure helpers this script carries, against independent references (B >= 4) ------------------------
+def test_group_advantages_are_centred_and_scaled_per_group():
+    torch.manual_seed(0)
+    rewards = torch.tensor([1.0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0.5, 0.2, 0.9, 0.4])  # 5 groups of 4
+    got, got_dr = M.group_advantages(rewards, 4).tolist(), M.group_advantages(rewards, 4, scale=False).tolist()
+    for g in range(5):
+        r = rewards[4 * g : 4 * g + 4].tolist()
+        mean, std = statistics.mean(r), statistics.stdev(r)  # verl: unbiased std, eps 1e-6
+        for i in range(4):
+            assert math.isclose(got[4 * g + i], (r[i] - mean) / (std + 1e-6), abs_tol=1e-5)
+            assert math.isclose(got_dr[4 * g + i], r[i] - mean, abs_tol=1e-6)
+    assert abs(M.group_advantages(torch.tensor([1.0] + [0] * 7), 8).max().item() - 2.4749) < 1e-3  # verl's max, G=8
+
+
+def test_pass_at_k_against_enumeration():
+    for n in range(1, 8):
+        for c in range(n + 1):
+            outcomes = [1] * c + [0] * (n - c)
+            for k in range(1, n + 1):
+                subsets = list(itertools.combinations(range(n), k))
+                brute = sum(any(outcomes[i] for i in s) for s in subsets) / len(subsets)
+                assert abs(M.pass_at_k(n, c, k) - brute) < 1e-12, (n, c, k)
+
+
+def test_grade_gives_pass_at_k_for_n_not_a_power_of_two():
+    n, correct = 6, [0, 1, 4, 6, 2]  # 5 problems, 6 samples each
+    texts, rows = [], []
+    for p, c in enumerate(correct):
+        for i in range(n):
+            texts.append(f"\\boxed{{{p if i < c else p + 100}}}")
+            rows.append({"answer": str(p)})
+    res = M.grade(texts, rows, n, "math-verify")
+    assert set(res) == {"pass@1", "pass@2", "pass@4", "pass@6", "accuracy/math-verify", "accuracy/rule"}
+    for k in (1, 2, 4, 6):
+        expected = sum(1 - math.comb(n - c, k) / math.comb(n, k) for c in correct) / len(correct)
+        assert math.isclose(res[f"pass@{k}"], expected, abs_tol=1e-12), k
+    assert res["accuracy/math-verify"] == res["accuracy/rule"] == sum(correct) / (n * len(correct))
+    for i in range(n, 2 * n):  # problem 1 (one right sample, "1"): only math-verify sees that 1 = 2/2
+        rows[i] = {"answer": "\\frac{2}{2}"}
+    assert M.grade(texts, rows, n, "rule")["pass@1"] < M.grade(texts, rows, n, "math-verify")["pass@1"]
+
+
+def test_clipped_surrogate_and_dual_clip_on_a_batch():
+    # four rows of one token: (A, ratio) = (2, 10), (-2, 10), (-2, 0.5), (1, 0.5); eps 0.2, c = 3, by hand:
+    # max(-20, -2.4) = -2.4; min(max(20, 2.4), 6) = 6; min(max(1, 1.6), 6) = 1.6; max(-0.5, -0.8) = -0.5
+    adv = torch.tensor([2.0, -2.0, -2.0, 1.0])
+    logp = torch.log(torch.tensor([[10.0], [10.0], [0.5], [0.5]]))
+    loss, st = M.grpo_loss(logp, torch.zeros(4, 1), None, adv, torch.ones(4, 1), clip_eps=0.2, dual_clip=3.0)
+    torch.testing.assert_close(loss, torch.tensor((-2.4 + 6 + 1.6 - 0.5) / 4))
+    assert st["clip_ratio/region_mean"] == 0.5  # rows 1 and 3 sit in the clipped region
+    loss, _ = M.grpo_loss(logp, torch.zeros(4, 1), None, adv, torch.ones(4, 1), clip_eps=0.2, clip_eps_high=0.28)
+    torch.testing.assert_close(loss, torch.tensor((-2.56 + 6 + 1.6 - 0.5) / 4))  # clip-higher: 2 * 1.28
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
+def test_every_loss_agg_mode(mode):
+    # at ratio 1 and beta 0 every valid token's loss is exactly -A, so each mode has a closed form in A and lengths
+    torch.manual_seed(0)
+    adv, lengths, T, max_len = torch.tensor([1.5, -0.7, 0.3, 2.0, -1.1]), [2, 5, 1, 4, 3], 6, 8
+    mask = torch.tensor([[1] * n + [0] * (T - n) for n in lengths])
+    logp = torch.randn(5, T)
+    loss, _ = M.grpo_loss(logp, logp, logp, adv, mask, loss_agg_mode=mode, max_len=max_len)
+    token_sums = [-a * n for a, n in zip(adv.tolist(), lengths)]
+    expected = {
+        "token-mean": sum(token_sums) / sum(lengths),
+        "seq-mean-token-mean": sum(-a for a in adv.tolist()) / 5,
+        "seq-mean-token-sum": sum(token_sums) / 5,
+        "seq-mean-token-sum-norm": sum(token_sums) / (5 * max_len),
+    }[mode]
+    assert math.isclose(loss.item(), expected, rel_tol=1e-6)
+
+
+def test_k3_kl_is_an_unbiased_estimate_of_the_kl():
+    # E_{a ~ pi}[k3(a)] = KL(pi || pi_ref): weight each action's k3 by pi(a) through the (float) mask
+    torch.manual_seed(0)
+    pi, pi_ref = (
+        torch.softmax(torch.randn(4, 6, dtype=torch.float64), -1),
+        torch.softmax(torch.randn(4, 6), -1).double(),
+    )
+    exact = torch.distributions.kl_divergence(
+        torch.distributions.Categorical(pi), torch.distributions.Categorical(pi_ref)
+    )
+    for b in range(4):
+        logp, logp_ref = pi[b].log()[None], pi_ref[b].log()[None]
+        _, st = M.grpo_loss(logp, logp, logp_ref, torch.zeros(1), pi[b][None], beta=0.001)
+        assert math.isclose(st["kl"].item(), exact[b].item(), rel_tol=1e-6)
+    _, st = M.grpo_loss(logp, logp, logp_ref, torch.zeros(1), pi[3][None], beta=0.0)
+    assert st["kl"] == 0  # no reference model: no KL
+
+
+def test_completion_mask_and_positions_from_a_scripted_model():
+    # rows stop (EOS = 2) at steps 2, 4, 1 and 5; </think> (3) ends thinking at steps 1 and 0 in rows 1 and 2
+    script = [[5, 6, 2, 7, 7, 7], [5, 3, 6, 6, 2, 8], [3, 2, 9, 9, 9, 9], [5, 5, 5, 5, 5, 2]]
+    model = ScriptedModel(script, vocab=12)
+    prompt_ids = torch.tensor([[0, 0, 4, 4], [4, 4, 4, 4], [0, 4, 4, 4], [0, 0, 0, 4]])  # left-padded
+    prompt_mask = (prompt_ids != 0).long()
+    out = M.rollout(model, prompt_ids, prompt_mask, 8, torch.tensor([2]), torch.Generator().manual_seed(0), **SAMPLING)
+    assert out["completion_ids"].tolist() == script  # decoding stops once every row has stopped: T = 6
+    expected = [[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]]
+    assert out["completion_mask"].tolist() == expected  # up to and including the first stop token
+    lengths = prompt_mask.sum(1).tolist()
+    for step, pos in enumerate(model.positions):  # the position of the newest input: no shift from left padding
+        assert pos == [n - 1 + step for n in lengths]
+    short = M.rollout(ScriptedModel(script, 12), prompt_ids, prompt_mask, 3, torch.tensor([2]), None, **SAMPLING)
+    assert short["completion_mask"].tolist() == [[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 1, 1]]  # cut at 3 tokens
+
+
+def test_load_rows_extracts_the_answer_of_every_format(tmp_path):
+    rows = [
+        {"question": "Q1", "answer": "Half of 12 is 6.\n#### 72"},  # GSM8K
+        {"question": "Q2", "answer": "so $x = \\boxed{\\frac{1}{2}}$, and then \\boxed{\\sqrt{2}}."},  # MATH solution
+        {"question": "Q3", "answer": "\\left( 3, \\frac{\\pi}{2} \\right)"},  # a bare answer stays whole
+        {"question": "Q4", "answer": " 1,000 "},
+        {"question": "", "answer": "5"},  # no problem text: dropped
+        {"question": "Q6", "answer": ""},  # no answer: dropped
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    got = M.load_rows(str(tmp_path / "d.jsonl"), "--dataset", M.Args())
+    assert [r["problem"] for r in got] == ["Q1", "Q2", "Q3", "Q4"]
+    assert [r["answer"] for r in got] == ["72", "\\sqrt{2}", "\\left( 3, \\frac{\\pi}{2} \\right)", "1,000"]
+    (tmp_path / "f.json").write_text(json.dumps([{"problem": "P", "final_answer": "7", "solution": "\\boxed{8}"}] * 4))
+    assert M.load_rows(str(tmp_path / "f.json"), "--dataset", M.Args())[0]["answer"] == "7"  # answer field order
+    custom = M.Args(problem_field="text", answer_field="target")
+    (tmp_path / "c.json").write_text(json.dumps([{"text": "P", "target": "9", "answer": "1"}] * 4))
+    assert M.load_rows(str(tmp_path / "c.json"), "--dataset", custom) == [{"problem": "P", "answer": "9"}] * 4
+
+
+def answer_set():
+    """tests/data/answers.jsonl: gold answers with equivalent spellings (`same`), wrong answers, and spellings with
+    malformed operators (\\frac12) that the official math-verify settings do not repair."""
+    with open(os.path.join(REPO, "tests", "data", "answers.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def boxed(answer):
+    return f"Thinking.\n</think> The answer is \\boxed{{{answer}}}."
+
+
+def test_eval_grader_on_the_answer_set():
+    rows = answer_set()
+    assert len(rows) >= 10 and sum(len(r["same"]) for r in rows) >= 30
+    for r in rows:
+        gold = r["answer"]
+        assert M.eval_reward(boxed(gold), gold) == 1.0 and M.math_reward(boxed(gold), gold) == 1.0, gold
+        for spelling in r["same"]:
+            assert M.eval_reward(boxed(spelling), gold) == 1.0, (gold, spelling)
+        for spelling in r["wrong"]:
+            assert M.eval_reward(boxed(spelling), gold) == 0.0, (gold, spelling)
+            assert M.math_reward(boxed(spelling), gold) == 0.0, (gold, spelling)
+        for spelling in r.get("malformed", []):  # the official answer normalisation has malformed_operators=False
+            assert M.eval_reward(boxed(spelling), gold) == 0.0, (gold, spelling)
+    # the rule grader is the training reward: exact after normalisation, so most respellings fail
+    same = [(r["answer"], s) for r in rows for s in r["same"]]
+    rule = sum(M.math_reward(boxed(s), gold) for gold, s in same)
+    assert 0.3 < rule / len(same) < 0.8
+
+
+@pytest.mark.parametrize(
+    "completion,answer,mv,rule",
+    [
+        ("\\boxed{\\sqrt{2}/2}", "\\frac{\\sqrt{2}}{2}", 1.0, 0.0),
+        ("\\boxed{0.5}", "\\frac{1}{2}", 1.0, 1.0),
+        ("\\boxed{\\frac{2}{4}}", "\\frac{1}{2}", 1.0, 0.0),
+        ("\\boxed{3} and later \\boxed{4}", "4", 1.0, 1.0),  # the last box counts, for both graders
+        ("\\boxed{4} and later \\boxed{3}", "4", 0.0, 0.0),
+        ("the answer is 4", "4", 0.0, 0.0),  # no box: 0 for both
+        ("\\boxed{4", "4", 0.0, 0.0),
+    ],
+)
+def test_both_graders_on_known_cases(completion, answer, mv, rule):
+    assert M.eval_reward(completion, answer) == mv and M.math_reward(completion, answer) == rule
+
+
+def test_eval_grader_times_out_instead_of_hanging():
+    t0 = time.time()
+    assert M.eval_reward("\\boxed{9^{9^{9^{9^{9}}}}}", "5") == 0.0  # sympy would try to evaluate this for ever
+    assert time.time() - t0 < 6 * M.GRADER_TIMEOUT_S
+
+
+def test_decode_cuts_at_the_mask_and_split_batch_slices_every_tensor():
+    tok = M.toy_tokenizer()
+    texts = ["12+3=15", "</think> \\boxed{7}", "9", "0-0=0"]
+    rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    T = max(len(r) for r in rows) + 2
+    ids = torch.full((4, T), tok.convert_tokens_to_ids("<|im_end|>"))  # EOS after each text, then more EOS
+    mask = torch.zeros(4, T, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, : len(r)] = torch.tensor(r)
+        mask[b, : len(r) + 1] = 1  # the text and its EOS
+    ids[2, len(rows[2]) + 1 :] = torch.tensor(tok("5", add_special_tokens=False)["input_ids"])  # after the mask
+    assert M.decode(tok, {"completion_ids": ids, "completion_mask": mask}) == ["12+3=15", " \\boxed{7}", "9", "0-0=0"]
+    batch = {"advantages": torch.arange(10.0), "completion_ids": torch.arange(30).view(10, 3)}
+    parts = M.split_batch(batch, 4)
+    assert [len(p["advantages"]) for p in parts] == [4, 4, 2]
+    assert torch.equal(torch.cat([p["completion_ids"] for p in parts]), batch["completion_ids"])
+    assert torch.equal(parts[1]["advantages"], torch.tensor([4.0, 5, 6, 7]))
+
+
+class ScriptedModel(torch.nn.Module):
+    """A stand-in causal LM: at decode step s, row b's logits put +20 on script[b][s] and 0 elsewhere.
+    Records the position id of the newest input at every call."""
+
+    def __init__(self, script, vocab):
+        super().__init__()
+        self.script, self.calls, self.positions = script, 0, []
+        self.config = Qwen2Config(
+            vocab_size=vocab, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1
+        )
+        self.embed = torch.nn.Embedding(vocab, 8)
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, inputs_embeds, position_ids, **kwargs):
+        self.positions.append(position_ids[:, -1].tolist())
+        logits = torch.zeros(inputs_embeds.shape[0], 1, self.config.vocab_size)
+        for b, tokens in enumerate(self.script):
+            logits[b, 0, tokens[min(self.calls, len(tokens) - 1)]] = 20.0
+        self.calls += 1
+        return SimpleNamespace(logits=logits)
