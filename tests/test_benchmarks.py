@@ -138,3 +138,112 @@ def test_local_sweep_of_two_tiny_jobs_completes_and_is_skipped_on_the_second_cal
     assert "stage 0: 0 to run, 2 already done" in second.stdout
     for key, mtime in markers.items():
         assert os.path.getmtime(os.path.join(out, key, "DONE.json")) == mtime
+
+
+# ---------------------------------------------------------------- RL report
+
+RETURNS = {  # (task, method, seed) -> training episode returns; eval returns below
+    ("Hopper-v5", "sac:K1", 1): [10.0, 20.0, 30.0, 40.0],
+    ("Hopper-v5", "sac:K1", 2): [0.0, 10.0, 50.0],
+    ("Hopper-v5", "sac:K4", 1): [5.0, 5.0, 5.0, 25.0, 35.0],
+    ("Hopper-v5", "sac:K4", 2): [100.0, 0.0],
+    ("Ant-v5", "sac:K1", 1): [-4.0, 4.0, 8.0],
+    ("Ant-v5", "sac:K1", 2): [1.0, 3.0],
+    ("Ant-v5", "sac:K4", 1): [2.0, 2.0, 2.0, 6.0],
+    ("Ant-v5", "sac:K4", 2): [0.0, 12.0],
+}
+
+
+def write_synthetic_runs(root):
+    """rl_benchmark.py's layout: OUT/<key>/run.json and OUT/<key>/runs/<run_name>/events.out.tfevents.*"""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for (task, method, seed), returns in RETURNS.items():
+        key = f"{method.replace(':', '__')}__{task}__s{seed}"
+        os.makedirs(os.path.join(root, key))
+        with open(os.path.join(root, key, "run.json"), "w") as f:
+            json.dump({"labels": {"task": task, "method": method, "seed": seed}}, f)
+        writer = SummaryWriter(os.path.join(root, key, "runs", f"{task}__{method}__{seed}__1"))
+        for i, r in enumerate(returns):
+            writer.add_scalar("charts/episodic_return", r, 100 * (i + 1))
+        if method == "sac:K4":  # the new tags; K1 logs only the old one (the fallback column)
+            writer.add_scalar("eval/episodic_return_argmax", 2.0 * seed, 0)
+            writer.add_scalar("eval/episodic_return_argmax", 4.0 * seed, 1)
+            writer.add_scalar("eval/episodic_return_sample", -1.0, 0)
+        else:
+            writer.add_scalar("eval/episodic_return", 7.0, 0)
+        writer.close()
+
+
+def test_rl_report_auc_final_eval_and_iqm_equal_hand_computations(tmp_path):
+    import numpy as np
+    import rl_report
+
+    write_synthetic_runs(str(tmp_path / "sweep"))
+    md = tmp_path / "results.md"
+    md.write_text("# Results\n\nprose\n\n<!-- rl_report:begin -->\nold\n<!-- rl_report:end -->\n\nmore prose\n")
+    png = tmp_path / "img" / "curves.png"
+    rows = rl_report.main([str(tmp_path / "sweep"), "--last-n", "2", "--png", str(png), "--md", str(md)])
+    assert len(rows) == 8 and png.stat().st_size > 1000
+    by_key = {}
+    for name, row in rows.items():
+        labels = rl_report.labels_of(str(tmp_path / "sweep" / name))
+        by_key[(labels["task"], labels["method"], labels["seed"])] = row
+    hopper_k4_1 = by_key[("Hopper-v5", "sac:K4", 1)]
+    assert hopper_k4_1["auc"] == pytest.approx((5 + 5 + 5 + 25 + 35) / 5)  # every episode of the curve
+    assert hopper_k4_1["final"] == pytest.approx((25 + 35) / 2)  # the last 2
+    assert hopper_k4_1["eval_argmax"] == pytest.approx(3.0) and hopper_k4_1["eval_sample"] == -1.0
+    assert np.isnan(hopper_k4_1["eval_default"])
+    assert by_key[("Ant-v5", "sac:K1", 2)]["eval_default"] == 7.0 and np.isnan(
+        by_key[("Ant-v5", "sac:K1", 2)]["eval_argmax"]
+    )
+
+    # IQM of the AUC across the two tasks, by hand: min-max normalise per task over all 4 runs, pool a method's
+    # 2 seeds x 2 tasks, drop the lowest and highest quarter (1 of 4 each) and average the middle two
+    auc = {k: float(np.mean(v)) for k, v in RETURNS.items()}
+    expected = {}
+    for method in ("sac:K1", "sac:K4"):
+        pooled = []
+        for task in ("Hopper-v5", "Ant-v5"):
+            task_values = [v for (t, _, _), v in auc.items() if t == task]
+            lo, hi = min(task_values), max(task_values)
+            pooled += [(auc[(task, method, s)] - lo) / (hi - lo) for s in (1, 2)]
+        expected[method] = float(np.mean(sorted(pooled)[1:3]))
+    results = rl_report.iqm_with_ci(rl_report.collect(rows, rl_report_labels(rows, tmp_path), "auc"))
+    for method, value in expected.items():
+        iqm, lo, hi, n_tasks, n_runs = results[method]
+        assert iqm == pytest.approx(value) and (n_tasks, n_runs) == (2, 2)
+        assert lo <= iqm <= hi
+    text = md.read_text()
+    assert text.startswith("# Results\n\nprose\n\n<!-- rl_report:begin -->") and text.endswith("more prose\n")
+    assert "old" not in text and f"| sac:K4 | 2 | 2 | {expected['sac:K4']:.3g} |" in text
+
+
+def rl_report_labels(rows, tmp_path):
+    import rl_report
+
+    return {name: rl_report.labels_of(str(tmp_path / "sweep" / name)) for name in rows}
+
+
+def test_bootstrap_ci_equals_a_loop_over_the_same_draws():
+    import numpy as np
+    import rl_report
+
+    values = [71.0, 83.3, 80.6, 60.4, 75.0]
+    rng = np.random.default_rng(0)
+    means = sorted(float(np.mean([values[i] for i in rng.integers(0, 5, size=5)])) for _ in range(10000))
+    lo, hi = rl_report.bootstrap_ci(values, reps=10000, seed=0)
+    assert lo == pytest.approx(np.percentile(means, 2.5)) and hi == pytest.approx(np.percentile(means, 97.5))
+    assert min(values) < lo < np.mean(values) < hi < max(values)
+    assert rl_report.bootstrap_ci([3.0, 3.0, 3.0]) == (3.0, 3.0)
+
+
+def test_trailing_mean_and_curve_band_by_hand():
+    import numpy as np
+    import rl_report
+
+    assert rl_report.trailing_mean([1.0, 3.0, 5.0, 7.0], 2).tolist() == [1.0, 2.0, 4.0, 6.0]
+    curves = [(np.array([0.0, 10.0]), np.array([0.0, 10.0])), (np.array([0.0, 10.0]), np.array([2.0, 2.0]))]
+    mean, band = rl_report.mean_curve_with_ci(curves, np.array([0.0, 5.0, 10.0]))
+    assert mean.tolist() == [1.0, 3.5, 6.0]  # runs interpolated at the grid, then averaged
+    assert band[0, 1] == pytest.approx(2.0) and band[1, 1] == pytest.approx(5.0)  # 2 runs: only 2, 3.5, 5 occur
