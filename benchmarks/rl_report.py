@@ -254,14 +254,14 @@ def trailing_mean(returns, n):
     return (csum[end] - csum[start]) / (end - start)
 
 
-def write_section(path, text):
-    """Replace what lies between the BEGIN and END markers of `path` (or create the file with just the table)."""
-    body = f"{BEGIN}\n{text}\n{END}"
+def write_section(path, text, begin=BEGIN, end=END):
+    """Replace what lies between the begin and end markers of `path` (append them if absent; create the file)."""
+    body = f"{begin}\n{text}\n{end}"
     if os.path.isfile(path):
         with open(path) as f:
             old = f.read()
-        if BEGIN in old and END in old:
-            body = old[: old.index(BEGIN)] + body + old[old.index(END) + len(END) :]
+        if begin in old and end in old:
+            body = old[: old.index(begin)] + body + old[old.index(end) + len(end) :]
         else:
             body = old.rstrip("\n") + "\n\n" + body + "\n"
     with open(path + ".tmp", "w") as f:

@@ -7,12 +7,15 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
+import grpo_report  # noqa: E402
 import rl_benchmark  # noqa: E402
+import rl_report  # noqa: E402
 
 # ---------------------------------------------------------------- sweep runner
 
@@ -176,8 +179,6 @@ def write_synthetic_runs(root):
 
 
 def test_rl_report_auc_final_eval_and_iqm_equal_hand_computations(tmp_path):
-    import numpy as np
-    import rl_report
 
     write_synthetic_runs(str(tmp_path / "sweep"))
     md = tmp_path / "results.md"
@@ -220,30 +221,120 @@ def test_rl_report_auc_final_eval_and_iqm_equal_hand_computations(tmp_path):
 
 
 def rl_report_labels(rows, tmp_path):
-    import rl_report
 
     return {name: rl_report.labels_of(str(tmp_path / "sweep" / name)) for name in rows}
 
 
 def test_bootstrap_ci_equals_a_loop_over_the_same_draws():
-    import numpy as np
-    import rl_report
-
     values = [71.0, 83.3, 80.6, 60.4, 75.0]
-    rng = np.random.default_rng(0)
-    means = sorted(float(np.mean([values[i] for i in rng.integers(0, 5, size=5)])) for _ in range(10000))
     lo, hi = rl_report.bootstrap_ci(values, reps=10000, seed=0)
-    assert lo == pytest.approx(np.percentile(means, 2.5)) and hi == pytest.approx(np.percentile(means, 97.5))
+    assert (lo, hi) == pytest.approx(hand_ci(values))
     assert min(values) < lo < np.mean(values) < hi < max(values)
     assert rl_report.bootstrap_ci([3.0, 3.0, 3.0]) == (3.0, 3.0)
 
 
 def test_trailing_mean_and_curve_band_by_hand():
-    import numpy as np
-    import rl_report
 
     assert rl_report.trailing_mean([1.0, 3.0, 5.0, 7.0], 2).tolist() == [1.0, 2.0, 4.0, 6.0]
     curves = [(np.array([0.0, 10.0]), np.array([0.0, 10.0])), (np.array([0.0, 10.0]), np.array([2.0, 2.0]))]
     mean, band = rl_report.mean_curve_with_ci(curves, np.array([0.0, 5.0, 10.0]))
     assert mean.tolist() == [1.0, 3.5, 6.0]  # runs interpolated at the grid, then averaged
     assert band[0, 1] == pytest.approx(2.0) and band[1, 1] == pytest.approx(5.0)  # 2 runs: only 2, 3.5, 5 occur
+
+
+# ---------------------------------------------------------------- GRPO report
+
+PASS1 = {  # (method, seed) -> Pass@1 at steps 0, 10, 20 (discrete decoding / SofT-GRPO's own decoding)
+    ("discrete_grpo:grpo", 1): [0.40, 0.50, 0.70],
+    ("discrete_grpo:grpo", 2): [0.40, 0.60, 0.80],
+    ("discrete_grpo:grpo", 3): [0.40, 0.55, 0.60],
+    ("sofT_grpo:softgrpo", 1): [0.30, 0.45, 0.65],
+    ("sofT_grpo:softgrpo", 2): [0.35, 0.50, 0.75],
+    ("sofT_grpo:softgrpo", 3): [0.25, 0.40, 0.50],
+}
+
+
+def write_eval(folder, run, step, model, values):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"eval_step{step}.json"), "w") as f:
+        json.dump({"run": run, "step": step, "model": model, "n": 8, **values}, f)
+
+
+def write_synthetic_sweep(root):
+    """rl_benchmark.py's grpo-toy layout, with eval JSONs in the scripts' format."""
+    for (method, seed), pass1 in PASS1.items():
+        script, variant = method.split(":")
+        key = f"{script}__{variant}__toy__s{seed}"
+        os.makedirs(os.path.join(root, key))
+        with open(os.path.join(root, key, "run.json"), "w") as f:
+            json.dump({"labels": {"script": script + ".py", "method": method, "task": "toy", "seed": seed}}, f)
+        run = f"toy-base__{script}__{variant}__{seed}__1"
+        folder = os.path.join(root, key, "runs", run)
+        for step, p in zip((0, 10, 20), pass1):
+            if script == "discrete_grpo":
+                values = {"pass@1": p, "pass@8": min(1.0, p + 0.3)}
+            else:
+                values = {
+                    "sofT-grpo/pass@1": p,
+                    "sofT-grpo/pass@8": min(1.0, p + 0.35),
+                    "soft-baseline/pass@1": p - 0.1,
+                }
+            write_eval(folder, run, step, "/cache/toy-base" if step == 0 else "ignored", values)
+        os.makedirs(os.path.join(folder, "final"))
+    # the discrete checkpoint of seed 2 decoded soft by an eval-only run (the paper's "GRPO, soft" row)
+    key = "sofT_grpo__eval-of-grpo__toy__s2"
+    os.makedirs(os.path.join(root, key))
+    with open(os.path.join(root, key, "run.json"), "w") as f:
+        json.dump({"labels": {"method": "sofT_grpo:eval-of-grpo", "task": "toy", "seed": 2}}, f)
+    ckpt = os.path.join(root, "discrete_grpo__grpo__toy__s2", "runs", "toy-base__discrete_grpo__grpo__2__1", "final")
+    write_eval(
+        os.path.join(root, key, "runs", "final__x__2__5"), "final__x__2__5", 0, ckpt, {"soft-baseline/pass@1": 0.77}
+    )
+
+
+def hand_ci(values, reps=10000, seed=0):
+    """95% percentile bootstrap CI of the mean, one resample at a time (the same draws as the reports')."""
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(reps):
+        means.append(np.mean([values[i] for i in rng.integers(0, len(values), size=len(values))]))
+    return np.percentile(means, 2.5), np.percentile(means, 97.5)
+
+
+def test_grpo_report_seed_means_cis_and_curves_equal_hand_computations(tmp_path):
+    write_synthetic_sweep(str(tmp_path / "sweep"))
+    md, png = tmp_path / "results.md", tmp_path / "img" / "curves.png"
+    entries = grpo_report.main([str(tmp_path / "sweep"), "--seeds", "--md", str(md), "--png", str(png)])
+    assert png.stat().st_size > 1000
+    table = grpo_report.final_table(entries)
+    discrete_last = {s: PASS1[("discrete_grpo:grpo", s)][-1] for s in (1, 2, 3)}
+    assert {s: v[1] for s, v in table[("discrete_grpo:grpo", "discrete")].items()} == discrete_last
+    assert table[("base", "discrete")] == {s: {1: 0.40, 8: pytest.approx(0.70)} for s in (1, 2, 3)}
+    assert table[("discrete_grpo:grpo", "soft-baseline")] == {2: {1: 0.77}}  # classified by its checkpoint's run
+    assert set(table) == {
+        ("base", "discrete"),
+        ("base", "sofT-grpo"),
+        ("base", "soft-baseline"),
+        ("discrete_grpo:grpo", "discrete"),
+        ("discrete_grpo:grpo", "soft-baseline"),
+        ("sofT_grpo:softgrpo", "sofT-grpo"),
+        ("sofT_grpo:softgrpo", "soft-baseline"),
+    }
+
+    # the table cell of SofT-GRPO's Pass@1, by hand: the mean of 0.65, 0.75, 0.50 and its bootstrap CI
+    final = [0.65, 0.75, 0.50]
+    lo, hi = hand_ci(final)
+    cell = f"{100 * np.mean(final):.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    text = md.read_text()
+    assert f"| SofT-GRPO, soft | 3 | {cell} |" in text
+    assert "| GRPO, soft | 1 | 77.0 [77.0, 77.0] | - |" in text
+    assert "| SofT-GRPO, soft | 3 | 50.0 | 85.0 |" in text  # per-seed section, seed 3
+
+    steps, mean, lo, hi, n = grpo_report.curve(entries, "discrete_grpo:grpo", "discrete", 1)
+    assert steps.tolist() == [0, 10, 20] and n == 3
+    assert mean == pytest.approx([0.40, 0.55, 0.70])  # step 0 is the base model
+    assert lo[0] == hi[0] == pytest.approx(0.40)  # three equal seeds: no spread
+    assert (lo[2], hi[2]) == pytest.approx(hand_ci([0.70, 0.80, 0.60]))
+    steps, mean, _, _, _ = grpo_report.curve(entries, "sofT_grpo:softgrpo", "sofT-grpo", 8)
+    expected = [np.mean([0.65, 0.70, 0.60]), np.mean([0.80, 0.85, 0.75]), np.mean([1.0, 1.0, 0.85])]
+    assert mean == pytest.approx(expected)
