@@ -157,8 +157,12 @@ def final_table(entries):
     return table
 
 
+MODEL_NAMES = {"base": "No-RL", "discrete_grpo:grpo": "GRPO", "sofT_grpo:softgrpo": "SofT-GRPO"}
+
+
 def row_name(model, decoding):
-    return PAPER_ROWS.get((model, decoding), f"{model}, {decoding} decoding")
+    """The paper's name of the row, else `<model>, <decoding> decoding`."""
+    return PAPER_ROWS.get((model, decoding), f"{MODEL_NAMES.get(model, model)}, {decoding} decoding")
 
 
 def row_order(item):

@@ -3,17 +3,20 @@
 CI and curve data on synthetic eval JSONs) and the thinking-position statistics on a hand-built logits tensor."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import grpo_report  # noqa: E402
+import grpo_thinking_stats  # noqa: E402
 import rl_benchmark  # noqa: E402
 import rl_report  # noqa: E402
 
@@ -338,3 +341,45 @@ def test_grpo_report_seed_means_cis_and_curves_equal_hand_computations(tmp_path)
     steps, mean, _, _, _ = grpo_report.curve(entries, "sofT_grpo:softgrpo", "sofT-grpo", 8)
     expected = [np.mean([0.65, 0.70, 0.60]), np.mean([0.80, 0.85, 0.75]), np.mean([1.0, 1.0, 0.85])]
     assert mean == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------- thinking-position statistics
+
+
+def test_thinking_position_stats_on_a_hand_built_logits_tensor():
+    # row 0: a uniform step over 4 ids, then a step with probabilities 1/2, 1/4, 1/8, 1/8; row 1: a masked-out step
+    # with huge logits (it must not count) and a step that is near one-hot
+    logits = torch.tensor(
+        [
+            [[0.0, 0.0, 0.0, 0.0], [math.log(4), math.log(2), 0.0, 0.0]],
+            [[100.0, 0.0, 0.0, 0.0], [0.0, -20.0, -20.0, -20.0]],
+        ]
+    )  # [B 2, T 2, V 4]
+    mask = torch.tensor([[True, True], [False, True]])
+    near_one_hot = 1 / (1 + 3 * math.exp(-20))
+    h_uniform, h_dyadic = math.log(4), 0.5 * math.log(2) + 0.25 * math.log(4) + 2 * 0.125 * math.log(8)
+    h_sharp = -near_one_hot * math.log(near_one_hot) - 3 * (1 - near_one_hot) / 3 * math.log((1 - near_one_hot) / 3)
+    st = grpo_thinking_stats.thinking_position_stats(logits, mask)
+    assert st["positions"] == 3
+    assert st["entropy"] == pytest.approx((h_uniform + h_dyadic + h_sharp) / 3, rel=1e-5)
+    assert st["top1"] == pytest.approx((0.25 + 0.5 + near_one_hot) / 3, rel=1e-6)
+    assert st["frac_top1_above_0.99"] == pytest.approx(1 / 3)
+
+    # temperature 2 halves the logits: the dyadic step becomes probabilities proportional to 2, sqrt 2, 1, 1
+    st = grpo_thinking_stats.thinking_position_stats(logits[:1, 1:], mask[:1, 1:], temperature=2.0)
+    q = torch.tensor([2.0, math.sqrt(2), 1.0, 1.0]) / (4 + math.sqrt(2))
+    assert st["top1"] == pytest.approx(q[0].item(), rel=1e-6)
+    assert st["entropy"] == pytest.approx(-(q * q.log()).sum().item(), rel=1e-6)
+
+    # top-k 3 keeps 1/2, 1/4, 1/8 -> 4/7, 2/7, 1/7; top-p 0.8 then keeps 4/7 and 2/7 (4/7 < 0.8) -> 2/3, 1/3
+    st = grpo_thinking_stats.thinking_position_stats(logits[:1, 1:], mask[:1, 1:], top_k=3, top_p=0.8)
+    assert st["top1"] == pytest.approx(2 / 3, rel=1e-6)
+    assert st["entropy"] == pytest.approx(-(2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3), rel=1e-6)
+
+
+def test_thinking_mask_keeps_the_steps_up_to_and_including_think_end():
+    END = 9
+    ids = torch.tensor([[1, 2, END, 3, 4], [END, 5, 6, 0, 0], [1, 1, 1, 1, 1]])
+    completion_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    expected = [[True, True, True, False, False], [True, False, False, False, False], [True, True, True, True, False]]
+    assert grpo_thinking_stats.thinking_mask(ids, completion_mask, END).tolist() == expected
