@@ -42,7 +42,7 @@ def thinking_position_stats(logits, mask, temperature=1.0, top_k=0, top_p=1.0) -
         p = p * (p.cumsum(-1) - p <= top_p)  # mass before this id still below top_p: keep it
         p = p / p.sum(-1, keepdim=True)
     plogp = torch.where(p > 0, p * p.clamp(min=1e-30).log(), torch.zeros_like(p))  # 0 log 0 = 0
-    entropy = (-plogp.sum(-1)).clamp(min=0)  # [M]; the clamp turns -0.0 into 0.0
+    entropy = plogp.sum(-1).neg().abs()  # [M]; abs: a one-hot row gives 0.0, not -0.0
     return {
         "entropy": entropy.mean().item(),
         "entropy_median": entropy.median().item(),
@@ -108,6 +108,7 @@ def measure(argv_script, problems, samples, seed) -> dict:
         "model": path,
         "completions": len(todo),
         "thinking_positions_per_completion": mask.sum().item() / len(todo),
+        "completion_length": batch["completion_mask"].sum().item() / len(todo),
         "full_vocabulary": thinking_position_stats(logits, mask, args.temperature),
         "top_k_top_p": thinking_position_stats(logits, mask, args.temperature, args.top_k, args.top_p),
         "soft_token_top1_weight_after_tau_g": weights.max(-1).values.mean().item(),
