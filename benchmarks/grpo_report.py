@@ -105,13 +105,16 @@ def markdown_table(records: list, columns: list, delta: bool = False) -> str:
 def sweep_entries(records: list) -> list:
     """Flatten a sweep's eval records into entries {model, decoding, step, last, seed, pass: {k: value}, key}.
 
-    Needs the run.json that rl_benchmark.py writes at OUT/<key>/ (two folders above the eval JSON)."""
+    Needs the run.json that rl_benchmark.py writes at OUT/<key>/ (two folders above the eval JSON); runs without
+    its DONE.json (still running, or killed) are left out."""
     last_step = defaultdict(int)
     for r in records:
         last_step[r["run"]] = max(last_step[r["run"]], r["step"])
     entries, seen = [], set()
     for r in records:
         key_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(r["path"]))))
+        if not os.path.isfile(os.path.join(key_dir, "DONE.json")):  # still running (or killed): not a final model
+            continue
         with open(os.path.join(key_dir, "run.json")) as f:
             labels = json.load(f)["labels"]
         trained_by = trainer_of(r["model"])
@@ -259,6 +262,8 @@ def rollout_lengths(sweep_dir):
     """{method: {seed: (mean length over the first 5 steps, over the last 5)}} from the runs' TensorBoard logs."""
     lengths = defaultdict(dict)
     for meta in sorted(glob.glob(os.path.join(sweep_dir, "*", "run.json"))):
+        if not os.path.isfile(os.path.join(os.path.dirname(meta), "DONE.json")):
+            continue
         with open(meta) as f:
             labels = json.load(f)["labels"]
         for run_dir in glob.glob(os.path.join(os.path.dirname(meta), "runs", "*")):

@@ -43,10 +43,16 @@ BEGIN, END = "<!-- rl_report:begin -->", "<!-- rl_report:end -->"
 
 
 def find_runs(runs_dir, match=""):
-    """{run_name: directory} for every directory holding an event file whose relative path matches the regex."""
+    """{run_name: directory} for every directory holding an event file whose relative path matches the regex.
+
+    Runs of an rl_benchmark.py sweep count once finished: their OUT/<key>/DONE.json exists."""
     runs = {}
     for root, _, files in os.walk(runs_dir):
-        if any(f.startswith("events.out.tfevents") for f in files):
+        key_dir = os.path.dirname(os.path.dirname(os.path.abspath(root)))
+        running = os.path.isfile(os.path.join(key_dir, "run.json")) and not os.path.isfile(
+            os.path.join(key_dir, "DONE.json")
+        )  # an rl_benchmark.py run that has not finished (or was killed): left out
+        if any(f.startswith("events.out.tfevents") for f in files) and not running:
             name = os.path.relpath(root, runs_dir)
             if re.search(match, name):
                 runs[name] = root

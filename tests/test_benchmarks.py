@@ -148,7 +148,8 @@ def test_local_sweep_of_two_tiny_jobs_completes_and_is_skipped_on_the_second_cal
 
 # ---------------------------------------------------------------- RL report
 
-RETURNS = {  # (task, method, seed) -> training episode returns; eval returns below
+RETURNS = {  # (task, method, seed) -> training episode returns; eval returns below; seed 3 has not finished
+    ("Hopper-v5", "sac:K1", 3): [1000.0],
     ("Hopper-v5", "sac:K1", 1): [10.0, 20.0, 30.0, 40.0],
     ("Hopper-v5", "sac:K1", 2): [0.0, 10.0, 50.0],
     ("Hopper-v5", "sac:K4", 1): [5.0, 5.0, 5.0, 25.0, 35.0],
@@ -169,6 +170,8 @@ def write_synthetic_runs(root):
         os.makedirs(os.path.join(root, key))
         with open(os.path.join(root, key, "run.json"), "w") as f:
             json.dump({"labels": {"task": task, "method": method, "seed": seed}}, f)
+        if seed < 3:  # seed 3 below is still running: no DONE.json, left out of the report
+            open(os.path.join(root, key, "DONE.json"), "w").close()
         writer = SummaryWriter(os.path.join(root, key, "runs", f"{task}__{method}__{seed}__1"))
         for i, r in enumerate(returns):
             writer.add_scalar("charts/episodic_return", r, 100 * (i + 1))
@@ -204,7 +207,7 @@ def test_rl_report_auc_final_eval_and_iqm_equal_hand_computations(tmp_path):
 
     # IQM of the AUC across the two tasks, by hand: min-max normalise per task over all 4 runs, pool a method's
     # 2 seeds x 2 tasks, drop the lowest and highest quarter (1 of 4 each) and average the middle two
-    auc = {k: float(np.mean(v)) for k, v in RETURNS.items()}
+    auc = {k: float(np.mean(v)) for k, v in RETURNS.items() if k[2] < 3}
     expected = {}
     for method in ("sac:K1", "sac:K4"):
         pooled = []
@@ -254,6 +257,7 @@ PASS1 = {  # (method, seed) -> Pass@1 at steps 0, 10, 20 (discrete decoding / So
     ("sofT_grpo:softgrpo", 1): [0.30, 0.45, 0.65],
     ("sofT_grpo:softgrpo", 2): [0.35, 0.50, 0.75],
     ("sofT_grpo:softgrpo", 3): [0.25, 0.40, 0.50],
+    ("discrete_grpo:grpo", 4): [0.40, 0.99],
 }
 
 
@@ -271,6 +275,8 @@ def write_synthetic_sweep(root):
         os.makedirs(os.path.join(root, key))
         with open(os.path.join(root, key, "run.json"), "w") as f:
             json.dump({"labels": {"script": script + ".py", "method": method, "task": "toy", "seed": seed}}, f)
+        if seed < 4:  # seed 4 is still running: its last eval so far (step 10) must not count as a final model
+            open(os.path.join(root, key, "DONE.json"), "w").close()
         run = f"toy-base__{script}__{variant}__{seed}__1"
         folder = os.path.join(root, key, "runs", run)
         for step, p in zip((0, 10, 20), pass1):
@@ -289,6 +295,7 @@ def write_synthetic_sweep(root):
     os.makedirs(os.path.join(root, key))
     with open(os.path.join(root, key, "run.json"), "w") as f:
         json.dump({"labels": {"method": "sofT_grpo:eval-of-grpo", "task": "toy", "seed": 2}}, f)
+    open(os.path.join(root, key, "DONE.json"), "w").close()
     ckpt = os.path.join(root, "discrete_grpo__grpo__toy__s2", "runs", "toy-base__discrete_grpo__grpo__2__1", "final")
     write_eval(
         os.path.join(root, key, "runs", "final__x__2__5"), "final__x__2__5", 0, ckpt, {"soft-baseline/pass@1": 0.77}
