@@ -180,6 +180,29 @@ def mean_ci(values):
     return 100 * float(np.mean(values)), 100 * lo, 100 * hi
 
 
+def difference_ci(a, b, reps=10000, seed=0):
+    """mean(a) - mean(b) and its 95% percentile bootstrap CI, a and b resampled independently (different runs)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    ia = rng.integers(0, len(a), size=(reps, len(a)))  # [reps, n_a]
+    ib = rng.integers(0, len(b), size=(reps, len(b)))  # [reps, n_b]
+    diffs = a[ia].mean(1) - b[ib].mean(1)
+    return float(a.mean() - b.mean()), float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+
+
+def comparison(table, ks, treated, control):
+    """Markdown lines: treated minus control row, per Pass@k, in points, with a 95% bootstrap CI."""
+    if treated not in table or control not in table:
+        return []
+    cells = []
+    for k in ks:
+        a = [v[k] for v in table[treated].values() if k in v]
+        b = [v[k] for v in table[control].values() if k in v]
+        cells.append("%+.1f [%+.1f, %+.1f]" % tuple(100 * x for x in difference_ci(a, b)) if a and b else "-")
+    name = f"{row_name(*treated)} minus {row_name(*control)}"
+    return [f"| {name} | {len(table[treated])} vs {len(table[control])} | " + " | ".join(cells) + " |"]
+
+
 def seeds_markdown(entries, lengths):
     """The table (mean [95% CI] per Pass@k), the rollout lengths and the per-seed values in a folded section."""
     table = final_table(entries)
@@ -192,6 +215,16 @@ def seeds_markdown(entries, lengths):
             values = [seeds[s][k] for s in sorted(seeds) if k in seeds[s]]
             cells.append("%.1f [%.1f, %.1f]" % mean_ci(values) if values else "-")
         out.append(f"| {row_name(model, decoding)} | {len(seeds)} | " + " | ".join(cells) + " |")
+    diffs = comparison(table, ks, ("sofT_grpo:softgrpo", "sofT-grpo"), ("discrete_grpo:grpo", "discrete"))
+    diffs += comparison(table, ks, ("sofT_grpo:softgrpo", "sofT-grpo"), ("discrete_grpo:grpo", "soft-baseline"))
+    if diffs:
+        out += [
+            "",
+            "Differences in points (mean over seeds, 95% bootstrap CI, the two sets of runs resampled apart):",
+            "",
+        ]
+        out += ["| comparison | seeds | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
+        out += diffs
     if lengths:
         out += ["", "Mean completion length of the training rollouts (tokens; T 1.0), mean over seeds [95% CI]:", ""]
         out += ["| method | seeds | first 5 steps | last 5 steps |", "|---|---|---|---|"]

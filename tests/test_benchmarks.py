@@ -340,6 +340,18 @@ def test_grpo_report_seed_means_cis_and_curves_equal_hand_computations(tmp_path)
     assert "| GRPO, soft | 1 | 77.0 [77.0, 77.0] | - |" in text
     assert "| SofT-GRPO, soft | 3 | 50.0 | 85.0 |" in text  # per-seed section, seed 3
 
+    # SofT-GRPO minus GRPO (discrete), Pass@1: 0.6333 - 0.7 by hand, and the CI from the same draws one by one
+    a, b = [0.65, 0.75, 0.50], [0.70, 0.80, 0.60]
+    rng = np.random.default_rng(0)
+    ia, ib = rng.integers(0, 3, size=(10000, 3)), rng.integers(0, 3, size=(10000, 3))
+    diffs = [np.mean([a[i] for i in ra]) - np.mean([b[i] for i in rb]) for ra, rb in zip(ia, ib)]
+    d, lo, hi = grpo_report.difference_ci(a, b)
+    assert d == pytest.approx(np.mean(a) - np.mean(b))
+    assert (lo, hi) == pytest.approx((np.percentile(diffs, 2.5), np.percentile(diffs, 97.5)))
+    assert (
+        f"| SofT-GRPO, soft minus GRPO, discrete | 3 vs 3 | {100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] |" in text
+    )
+
     steps, mean, lo, hi, n = grpo_report.curve(entries, "discrete_grpo:grpo", "discrete", 1)
     assert steps.tolist() == [0, 10, 20] and n == 3
     assert mean == pytest.approx([0.40, 0.55, 0.70])  # step 0 is the base model
