@@ -291,7 +291,7 @@ def plot_curves(entries, arms, ks, path):
     fig.savefig(path, dpi=110)
 
 
-def rollout_lengths(sweep_dir):
+def rollout_lengths(sweep_dir, keep_seeds=None):
     """{method: {seed: (mean length over the first 5 steps, over the last 5)}} from the runs' TensorBoard logs."""
     lengths = defaultdict(dict)
     for meta in sorted(glob.glob(os.path.join(sweep_dir, "*", "run.json"))):
@@ -299,6 +299,8 @@ def rollout_lengths(sweep_dir):
             continue
         with open(meta) as f:
             labels = json.load(f)["labels"]
+        if keep_seeds and labels["seed"] not in keep_seeds:
+            continue
         for run_dir in glob.glob(os.path.join(os.path.dirname(meta), "runs", "*")):
             scalars = load_scalars(run_dir) if glob.glob(os.path.join(run_dir, "events.out.tfevents*")) else {}
             if "completions/mean_length" in scalars:
@@ -318,6 +320,8 @@ def main(argv=None):
     parser.add_argument("--seeds", action="store_true", help="an rl_benchmark.py sweep: mean and CI over seeds")
     parser.add_argument("--png", default=None, help="with --seeds: Pass@1 / Pass@8 against the step, as this PNG")
     parser.add_argument("--md", default=None, help="with --seeds: write the tables between this file's markers")
+    parser.add_argument("--section", default=None, help="with --md: use the markers grpo_report:SECTION:begin/end")
+    parser.add_argument("--keep-seeds", nargs="+", type=int, help="with --seeds: only these seeds (e.g. 1 2 3)")
     args = parser.parse_args(argv)
     records = load_evals(args.paths)
     if not records:
@@ -325,14 +329,19 @@ def main(argv=None):
         raise SystemExit(2)
     if args.seeds:
         entries = sweep_entries(records)
+        if args.keep_seeds:
+            entries = [e for e in entries if e["seed"] in args.keep_seeds]
         lengths = {}
         for p in args.paths:
             if os.path.isdir(p):
-                lengths.update(rollout_lengths(p))
+                lengths.update(rollout_lengths(p, args.keep_seeds))
         text = seeds_markdown(entries, lengths)
         print(text)
         if args.md:
-            write_section(args.md, text, BEGIN, END)
+            begin, end = BEGIN, END
+            if args.section:
+                begin, end = f"<!-- grpo_report:{args.section}:begin -->", f"<!-- grpo_report:{args.section}:end -->"
+            write_section(args.md, text, begin, end)
         if args.png:
             arms = [("discrete_grpo:grpo", "discrete"), ("sofT_grpo:softgrpo", "sofT-grpo")]
             plot_curves(entries, arms, [1, 8], args.png)

@@ -352,6 +352,13 @@ def test_grpo_report_seed_means_cis_and_curves_equal_hand_computations(tmp_path)
         f"| SofT-GRPO, soft minus GRPO, discrete | 3 vs 3 | {100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] |" in text
     )
 
+    kept = grpo_report.main(
+        [str(tmp_path / "sweep"), "--seeds", "--keep-seeds", "1", "3", "--md", str(md), "--section", "x"]
+    )
+    assert {e["seed"] for e in kept} == {1, 3}
+    assert "<!-- grpo_report:x:begin -->\n| model, decoding | seeds |" in md.read_text()
+    assert f"| SofT-GRPO, soft | 2 | {100 * np.mean([0.65, 0.50]):.1f} [" in md.read_text()
+
     steps, mean, lo, hi, n = grpo_report.curve(entries, "discrete_grpo:grpo", "discrete", 1)
     assert steps.tolist() == [0, 10, 20] and n == 3
     assert mean == pytest.approx([0.40, 0.55, 0.70])  # step 0 is the base model
