@@ -163,9 +163,16 @@ def final_table(entries):
 MODEL_NAMES = {"base": "No-RL", "discrete_grpo:grpo": "GRPO", "sofT_grpo:softgrpo": "SofT-GRPO"}
 
 
+def model_name(model):
+    """Readable model names; an ablation arm `sofT_grpo:<arm>` reads `SofT-GRPO <arm>`."""
+    if model in MODEL_NAMES:
+        return MODEL_NAMES[model]
+    return "SofT-GRPO " + model.split(":", 1)[1] if model.startswith("sofT_grpo:") else model
+
+
 def row_name(model, decoding):
     """The paper's name of the row, else `<model>, <decoding> decoding`."""
-    return PAPER_ROWS.get((model, decoding), f"{MODEL_NAMES.get(model, model)}, {decoding} decoding")
+    return PAPER_ROWS.get((model, decoding), f"{model_name(model)}, {decoding} decoding")
 
 
 def row_order(item):
