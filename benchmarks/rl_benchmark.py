@@ -270,7 +270,10 @@ def main(argv=None):
 
     if args.dry_run:
         for r in runs:
-            state = "done" if is_done(r, out) else "todo"
+            state = "todo"
+            if is_done(r, out):
+                with open(os.path.join(out, r.key, DONE)) as f:
+                    state = f"done in {json.load(f)['wall_s']:.0f} s"
             cmd = " ".join(shlex.quote(a) for a in command(r, args.repo_dir))
             where = os.path.join(out, r.key)
             print(f"[{state}] stage {r.stage} {r.key}: cd {where} && OMP_NUM_THREADS={args.threads} {cmd}")

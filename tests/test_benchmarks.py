@@ -139,6 +139,9 @@ def test_local_sweep_of_two_tiny_jobs_completes_and_is_skipped_on_the_second_cal
         assert run_dir.startswith(f"Pendulum-v1__{key.split('__')[0]}__{key.split('__')[1]}__1__")
         assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(folder, "runs", run_dir)))
 
+    listed = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True, timeout=60)
+    assert listed.stdout.count("[done in ") == 2 and "2 runs, 2 done" in listed.stdout
+
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "stage 0: 0 to run, 2 already done" in second.stdout
