@@ -329,6 +329,7 @@ def main(argv=None):
     parser.add_argument("--md", default=None, help="with --seeds: write the tables between this file's markers")
     parser.add_argument("--section", default=None, help="with --md: use the markers grpo_report:SECTION:begin/end")
     parser.add_argument("--keep-seeds", nargs="+", type=int, help="with --seeds: only these seeds (e.g. 1 2 3)")
+    parser.add_argument("--methods", nargs="+", help="with --seeds: only the base model and these trained models")
     args = parser.parse_args(argv)
     records = load_evals(args.paths)
     if not records:
@@ -338,6 +339,8 @@ def main(argv=None):
         entries = sweep_entries(records)
         if args.keep_seeds:
             entries = [e for e in entries if e["seed"] in args.keep_seeds]
+        if args.methods:
+            entries = [e for e in entries if e["model"] == "base" or e["model"] in args.methods]
         lengths = {}
         for p in args.paths:
             if os.path.isdir(p):

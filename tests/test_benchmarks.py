@@ -359,6 +359,8 @@ def test_grpo_report_seed_means_cis_and_curves_equal_hand_computations(tmp_path)
         [str(tmp_path / "sweep"), "--seeds", "--keep-seeds", "1", "3", "--md", str(md), "--section", "x"]
     )
     assert {e["seed"] for e in kept} == {1, 3}
+    kept = grpo_report.main([str(tmp_path / "sweep"), "--seeds", "--methods", "sofT_grpo:softgrpo"])
+    assert {e["model"] for e in kept} == {"base", "sofT_grpo:softgrpo"}
     assert "<!-- grpo_report:x:begin -->\n| model, decoding | seeds |" in md.read_text()
     assert f"| SofT-GRPO, soft | 2 | {100 * np.mean([0.65, 0.50]):.1f} [" in md.read_text()
 
