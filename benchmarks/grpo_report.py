@@ -1,16 +1,42 @@
-"""Markdown Pass@k table from the eval JSON files that discrete_grpo.py and sofT_grpo.py write.
+"""Pass@k tables and curves from the eval JSON files that discrete_grpo.py and sofT_grpo.py write.
 
-Each evaluation writes OUTPUT_DIR/<run_name>/eval_step<N>.json with at least "step" and "pass@k" keys;
-any other scalar keys (run, model, n, problems, temperature, ...) become columns when asked for.
+Each evaluation writes OUTPUT_DIR/<run_name>/eval_step<N>.json with "step", "model" and Pass@k keys: `pass@k` for
+discrete_grpo.py's decoding, `<setting>/pass@k` for each of sofT_grpo.py's --eval-settings.
     python benchmarks/grpo_report.py runs/                      # every eval under runs/, one row each
     python benchmarks/grpo_report.py runs/A runs/B --last       # before/after only: first and last step per run
     python benchmarks/grpo_report.py runs/ --columns run step temperature --delta
+
+--seeds reads an rl_benchmark.py sweep (OUT/<key>/run.json beside OUT/<key>/runs/<run_name>/eval_step*.json) and
+gives, for each model x decoding, Pass@k as the mean over seeds with a 95% bootstrap CI over seeds, the per-seed
+values, the training rollouts' mean completion length, and Pass@1 / Pass@8 against the training step with CI bands:
+    python benchmarks/grpo_report.py benchmarks/runs/grpo_toy --seeds --png docs/img/grpo_pass_at_k_vs_step.png \\
+        --md benchmarks/results_grpo_seeds.md
+A model is "base" (step 0 of a training run, or an eval-only run of the toy base model), or the method of the run
+that trained it (its last step, or an eval-only run of its final checkpoint). A decoding is "discrete"
+(discrete_grpo.py's eval: T 0.6, top-k 30, top-p 0.95) or the name of a sofT_grpo.py eval setting.
 """
 
 import argparse
 import glob
 import json
 import os
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rl_report import bootstrap_ci, load_scalars, write_section  # noqa: E402
+
+BEGIN, END = "<!-- grpo_report:begin -->", "<!-- grpo_report:end -->"
+# The paper's rows (model, decoding) -> name; "soft-baseline" is the paper's soft decoding of base and GRPO models
+PAPER_ROWS = {
+    ("base", "discrete"): "No-RL, discrete",
+    ("base", "soft-baseline"): "No-RL, soft",
+    ("discrete_grpo:grpo", "discrete"): "GRPO, discrete",
+    ("discrete_grpo:grpo", "soft-baseline"): "GRPO, soft",
+    ("sofT_grpo:softgrpo", "sofT-grpo"): "SofT-GRPO, soft",
+}
 
 
 def load_evals(paths: list) -> list:
@@ -19,36 +45,51 @@ def load_evals(paths: list) -> list:
     Sorted by run and step."""
     files = []
     for p in paths:
-        files += [p] if os.path.isfile(p) else glob.glob(os.path.join(p, "**", "eval_step*.json"), recursive=True)
+        if os.path.isfile(p):
+            files.append(p)
+        else:
+            files += glob.glob(os.path.join(p, "**", "eval_step*.json"), recursive=True)
     records = []
     for f in sorted(set(files)):
         with open(f) as fh:
             r = json.load(fh)
         r.setdefault("run", os.path.basename(os.path.dirname(os.path.abspath(f))))
+        r["path"] = f
         records.append(r)
-    return sorted(records, key=lambda r: (r["run"], r["step"]))
+    return sorted(records, key=run_and_step)
+
+
+def run_and_step(record):
+    return record["run"], record["step"]
+
+
+def k_of(key):
+    return int(key.split("@")[1])
 
 
 def pass_keys(records: list) -> list:
     """pass@k keys present in any record, ordered by k."""
-    return sorted({k for r in records for k in r if k.startswith("pass@")}, key=lambda k: int(k.split("@")[1]))
+    keys = set()
+    for r in records:
+        keys |= {k for k in r if k.startswith("pass@")}
+    return sorted(keys, key=k_of)
+
+
+def fmt(value):
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def markdown_table(records: list, columns: list, delta: bool = False) -> str:
     """One row per record; Pass@k in percent. With delta, a row per run with last minus first step."""
     keys = pass_keys(records)
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(columns + keys) + " |", "|" + "---|" * (len(columns) + len(keys))]
     for r in records:
-        lines.append(
-            "| "
-            + " | ".join([fmt(r.get(c, "")) for c in columns] + [f"{100 * r[k]:.1f}" if k in r else "" for k in keys])
-            + " |"
-        )
+        cells = [fmt(r.get(c, "")) for c in columns] + [f"{100 * r[k]:.1f}" if k in r else "" for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
     if delta:
-        runs = {}
+        runs = defaultdict(list)
         for r in records:
-            runs.setdefault(r["run"], []).append(r)
+            runs[r["run"]].append(r)
         for run, rs in runs.items():
             if len(rs) > 1:
                 first, last = rs[0], rs[-1]
@@ -58,7 +99,224 @@ def markdown_table(records: list, columns: list, delta: bool = False) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+# ---------------------------------------------------------------- seed sweeps
+
+
+def sweep_entries(records: list) -> list:
+    """Flatten a sweep's eval records into entries {model, decoding, step, last, seed, pass: {k: value}, key}.
+
+    Needs the run.json that rl_benchmark.py writes at OUT/<key>/ (two folders above the eval JSON); runs without
+    its DONE.json (still running, or killed) are left out."""
+    last_step = defaultdict(int)
+    for r in records:
+        last_step[r["run"]] = max(last_step[r["run"]], r["step"])
+    entries, seen = [], set()
+    for r in records:
+        key_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(r["path"]))))
+        if not os.path.isfile(os.path.join(key_dir, "DONE.json")):  # still running (or killed): not a final model
+            continue
+        with open(os.path.join(key_dir, "run.json")) as f:
+            labels = json.load(f)["labels"]
+        trained_by = trainer_of(r["model"])
+        if trained_by:  # an eval-only run of a checkpoint: the model is the trainer's, at its last step
+            model, step, is_last = trained_by, None, True
+        elif r["step"] == 0:
+            model, step, is_last = "base", 0, False
+        else:
+            model, step, is_last = labels["method"], r["step"], r["step"] == last_step[r["run"]]
+        by_decoding = defaultdict(dict)
+        for k, v in r.items():
+            if "pass@" in k:
+                decoding, _, metric = k.rpartition("/")
+                by_decoding[decoding or "discrete"][k_of(metric)] = v
+        for decoding, values in by_decoding.items():
+            ident = (model, decoding, step, labels["seed"])  # step None: a checkpoint's eval-only run
+            if ident in seen:  # the base model is evaluated by every training run of a seed: identical numbers
+                continue
+            seen.add(ident)
+            entry = dict(model=model, decoding=decoding, step=step, last=is_last, seed=labels["seed"], passk=values)
+            entries.append(entry)
+    return entries
+
+
+def trainer_of(model_path):
+    """'sofT_grpo:softgrpo' for .../<key>/runs/<run>/final whose OUT/<key>/run.json names that method, else None."""
+    parts = os.path.abspath(model_path).rstrip("/").split(os.sep)
+    if len(parts) < 4 or parts[-1] != "final" or parts[-3] != "runs":
+        return None
+    meta = os.path.join(os.sep.join(parts[:-3]), "run.json")
+    if not os.path.isfile(meta):
+        return None
+    with open(meta) as f:
+        return json.load(f)["labels"]["method"]
+
+
+def final_table(entries):
+    """{(model, decoding): {seed: {k: pass@k}}} of the final models (and the base model at step 0)."""
+    table = defaultdict(dict)
+    for e in entries:
+        if e["model"] == "base" or e["last"]:
+            table[(e["model"], e["decoding"])][e["seed"]] = e["passk"]
+    return table
+
+
+MODEL_NAMES = {"base": "No-RL", "discrete_grpo:grpo": "GRPO", "sofT_grpo:softgrpo": "SofT-GRPO"}
+
+
+def model_name(model):
+    """Readable model names; an ablation arm `sofT_grpo:<arm>` reads `SofT-GRPO <arm>`."""
+    if model in MODEL_NAMES:
+        return MODEL_NAMES[model]
+    return "SofT-GRPO " + model.split(":", 1)[1] if model.startswith("sofT_grpo:") else model
+
+
+def row_name(model, decoding):
+    """The paper's name of the row, else `<model>, <decoding> decoding`."""
+    return PAPER_ROWS.get((model, decoding), f"{model_name(model)}, {decoding} decoding")
+
+
+def row_order(item):
+    (model, decoding), _ = item
+    paper = list(PAPER_ROWS)
+    return (paper.index((model, decoding)) if (model, decoding) in paper else len(paper), model, decoding)
+
+
+def mean_ci(values):
+    """(mean, lo, hi) in percent: the mean over seeds and its 95% bootstrap CI."""
+    lo, hi = bootstrap_ci(values)
+    return 100 * float(np.mean(values)), 100 * lo, 100 * hi
+
+
+def difference_ci(a, b, reps=10000, seed=0):
+    """mean(a) - mean(b) and its 95% percentile bootstrap CI, a and b resampled independently (different runs)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    ia = rng.integers(0, len(a), size=(reps, len(a)))  # [reps, n_a]
+    ib = rng.integers(0, len(b), size=(reps, len(b)))  # [reps, n_b]
+    diffs = a[ia].mean(1) - b[ib].mean(1)
+    return float(a.mean() - b.mean()), float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+
+
+def comparison(table, ks, treated, control):
+    """Markdown lines: treated minus control row, per Pass@k, in points, with a 95% bootstrap CI."""
+    if treated not in table or control not in table:
+        return []
+    cells = []
+    for k in ks:
+        a = [v[k] for v in table[treated].values() if k in v]
+        b = [v[k] for v in table[control].values() if k in v]
+        cells.append("%+.1f [%+.1f, %+.1f]" % tuple(100 * x for x in difference_ci(a, b)) if a and b else "-")
+    name = f"{row_name(*treated)} minus {row_name(*control)}"
+    return [f"| {name} | {len(table[treated])} vs {len(table[control])} | " + " | ".join(cells) + " |"]
+
+
+def seeds_markdown(entries, lengths):
+    """The table (mean [95% CI] per Pass@k), the rollout lengths and the per-seed values in a folded section."""
+    table = final_table(entries)
+    ks = sorted({k for seeds in table.values() for values in seeds.values() for k in values})
+    out = ["| model, decoding | seeds | " + " | ".join(f"Pass@{k}" for k in ks) + " |"]
+    out.append("|---|---|" + "---|" * len(ks))
+    for (model, decoding), seeds in sorted(table.items(), key=row_order):
+        cells = []
+        for k in ks:
+            values = [seeds[s][k] for s in sorted(seeds) if k in seeds[s]]
+            cells.append("%.1f [%.1f, %.1f]" % mean_ci(values) if values else "-")
+        out.append(f"| {row_name(model, decoding)} | {len(seeds)} | " + " | ".join(cells) + " |")
+    diffs = comparison(table, ks, ("sofT_grpo:softgrpo", "sofT-grpo"), ("discrete_grpo:grpo", "discrete"))
+    diffs += comparison(table, ks, ("sofT_grpo:softgrpo", "sofT-grpo"), ("discrete_grpo:grpo", "soft-baseline"))
+    if diffs:
+        out += [
+            "",
+            "Differences in points (mean over seeds, 95% bootstrap CI, the two sets of runs resampled apart):",
+            "",
+        ]
+        out += ["| comparison | seeds | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
+        out += diffs
+    if lengths:
+        out += ["", "Mean completion length of the training rollouts (tokens; T 1.0), mean over seeds [95% CI]:", ""]
+        out += ["| method | seeds | first 5 steps | last 5 steps |", "|---|---|---|---|"]
+        for method, per_seed in sorted(lengths.items()):
+            first = [v[0] for v in per_seed.values()]
+            last = [v[1] for v in per_seed.values()]
+            cells = [f"{np.mean(x):.1f} [{bootstrap_ci(x)[0]:.1f}, {bootstrap_ci(x)[1]:.1f}]" for x in (first, last)]
+            out.append(f"| {method} | {len(per_seed)} | " + " | ".join(cells) + " |")
+    out += ["", "<details><summary>Per seed (Pass@k in %)</summary>", ""]
+    out += ["| model, decoding | seed | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
+    for (model, decoding), seeds in sorted(table.items(), key=row_order):
+        for s in sorted(seeds):
+            cells = [f"{100 * seeds[s][k]:.1f}" if k in seeds[s] else "-" for k in ks]
+            out.append(f"| {row_name(model, decoding)} | {s} | " + " | ".join(cells) + " |")
+    out += ["", "</details>"]
+    return "\n".join(out)
+
+
+def curve(entries, model, decoding, k):
+    """Pass@k against the training step of one trained model in one decoding, over seeds.
+
+    Step 0 is the base model. Returns steps [S], mean [S], lo [S], hi [S] (fractions) and seeds per step [S];
+    only steps that every seed of the model reached are kept."""
+    by_step = defaultdict(dict)
+    seeds = {e["seed"] for e in entries if e["model"] == model and e["decoding"] == decoding}
+    for e in entries:
+        on_curve = e["step"] is not None and e["model"] in ("base", model)
+        if on_curve and e["decoding"] == decoding and e["seed"] in seeds and k in e["passk"]:
+            by_step[e["step"]][e["seed"]] = e["passk"][k]
+    steps = sorted(s for s, values in by_step.items() if set(values) == seeds)
+    mean, lo, hi = [], [], []
+    for s in steps:
+        values = [by_step[s][seed] for seed in sorted(seeds)]
+        mean.append(float(np.mean(values)))
+        ci = bootstrap_ci(values)
+        lo.append(ci[0])
+        hi.append(ci[1])
+    return np.array(steps), np.array(mean), np.array(lo), np.array(hi), len(seeds)
+
+
+def plot_curves(entries, arms, ks, path):
+    """One panel per k: for each (model, decoding) arm, the mean Pass@k over seeds against the step, 95% CI band."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(ks), figsize=(5 * len(ks), 3.8), squeeze=False)
+    for ax, k in zip(axes[0], ks):
+        for color, (model, decoding) in enumerate(arms):
+            steps, mean, lo, hi, n = curve(entries, model, decoding, k)
+            if len(steps) == 0:
+                continue
+            label = f"{row_name(model, decoding)} ({n} seeds)"
+            ax.plot(steps, 100 * mean, marker="o", color=f"C{color}", label=label)
+            ax.fill_between(steps, 100 * lo, 100 * hi, color=f"C{color}", alpha=0.2)
+        ax.set_title(f"Pass@{k} (held-out toy problems)")
+        ax.set_xlabel("GRPO step (0 = base model)")
+        ax.set_ylabel(f"Pass@{k} (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def rollout_lengths(sweep_dir, keep_seeds=None):
+    """{method: {seed: (mean length over the first 5 steps, over the last 5)}} from the runs' TensorBoard logs."""
+    lengths = defaultdict(dict)
+    for meta in sorted(glob.glob(os.path.join(sweep_dir, "*", "run.json"))):
+        if not os.path.isfile(os.path.join(os.path.dirname(meta), "DONE.json")):
+            continue
+        with open(meta) as f:
+            labels = json.load(f)["labels"]
+        if keep_seeds and labels["seed"] not in keep_seeds:
+            continue
+        for run_dir in glob.glob(os.path.join(os.path.dirname(meta), "runs", "*")):
+            scalars = load_scalars(run_dir) if glob.glob(os.path.join(run_dir, "events.out.tfevents*")) else {}
+            if "completions/mean_length" in scalars:
+                values = scalars["completions/mean_length"][1]
+                lengths[labels["method"]][labels["seed"]] = (float(values[:5].mean()), float(values[-5:].mean()))
+    return lengths
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", help="run folders (searched recursively) or eval JSON files")
     parser.add_argument(
@@ -66,13 +324,49 @@ if __name__ == "__main__":
     )
     parser.add_argument("--last", action="store_true", help="keep only the first and last evaluation of each run")
     parser.add_argument("--delta", action="store_true", help="add a last-minus-first row per run (percentage points)")
-    args = parser.parse_args()
+    parser.add_argument("--seeds", action="store_true", help="an rl_benchmark.py sweep: mean and CI over seeds")
+    parser.add_argument("--png", default=None, help="with --seeds: Pass@1 / Pass@8 against the step, as this PNG")
+    parser.add_argument("--md", default=None, help="with --seeds: write the tables between this file's markers")
+    parser.add_argument("--section", default=None, help="with --md: use the markers grpo_report:SECTION:begin/end")
+    parser.add_argument("--keep-seeds", nargs="+", type=int, help="with --seeds: only these seeds (e.g. 1 2 3)")
+    parser.add_argument("--methods", nargs="+", help="with --seeds: only the base model and these trained models")
+    args = parser.parse_args(argv)
     records = load_evals(args.paths)
     if not records:
-        raise SystemExit(f"error: no eval_step*.json under {' '.join(args.paths)}")
+        print(f"error: paths: no eval_step*.json under {' '.join(args.paths)}", file=sys.stderr)
+        raise SystemExit(2)
+    if args.seeds:
+        entries = sweep_entries(records)
+        if args.keep_seeds:
+            entries = [e for e in entries if e["seed"] in args.keep_seeds]
+        if args.methods:
+            entries = [e for e in entries if e["model"] == "base" or e["model"] in args.methods]
+        lengths = {}
+        for p in args.paths:
+            if os.path.isdir(p):
+                lengths.update(rollout_lengths(p, args.keep_seeds))
+        text = seeds_markdown(entries, lengths)
+        print(text)
+        if args.md:
+            begin, end = BEGIN, END
+            if args.section:
+                begin, end = f"<!-- grpo_report:{args.section}:begin -->", f"<!-- grpo_report:{args.section}:end -->"
+            write_section(args.md, text, begin, end)
+        if args.png:
+            arms = [("discrete_grpo:grpo", "discrete"), ("sofT_grpo:softgrpo", "sofT-grpo")]
+            plot_curves(entries, arms, [1, 8], args.png)
+            print(f"\ncurves: {args.png}")
+        return entries
     if args.last:
-        by_run = {}
+        by_run = defaultdict(list)
         for r in records:
-            by_run.setdefault(r["run"], []).append(r)
-        records = [r for rs in by_run.values() for r in ([rs[0], rs[-1]] if len(rs) > 1 else rs)]
+            by_run[r["run"]].append(r)
+        records = []
+        for rs in by_run.values():
+            records += [rs[0], rs[-1]] if len(rs) > 1 else rs
     print(markdown_table(records, args.columns, args.delta))
+    return records
+
+
+if __name__ == "__main__":
+    main()

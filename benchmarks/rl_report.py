@@ -1,131 +1,287 @@
-"""Summarise CleanRL-style TensorBoard runs: a markdown table and a learning-curve PNG.
+"""Summarise CleanRL-style TensorBoard runs over seeds: AUC, final and eval returns, IQM with CIs, learning curves.
 
-A run is any directory under RUNS_DIR holding an `events.out.tfevents.*` file, named CleanRL's way
-`{env_id}__{exp_name}__{seed}__{timestamp}`; runs that differ only in seed and timestamp form one group.
-Per run and per group it reports the last-N-episode mean of `charts/episodic_return`, the mean of
-`eval/episodic_return` (the final deterministic evaluation) and the last logged SPS.
+A run is any directory under RUNS_DIR holding an `events.out.tfevents.*` file. Its task, method and seed come from
+the `run.json` that benchmarks/rl_benchmark.py writes two levels up (OUT/<key>/run.json, the run in
+OUT/<key>/runs/<run_name>), else from CleanRL's run name `{env_id}__{exp_name}__{seed}__{timestamp}`.
 
-  python benchmarks/rl_report.py benchmarks/runs --match pmoe_sac_ --last-n 10 --png benchmarks/curves.png
+Per run:
+  AUC          the paper's sample-efficiency metric: the mean of `charts/episodic_return` over every training
+               episode of the run (the whole learning curve, each episode one point);
+  final        the mean of the last --last-n training episodes;
+  eval argmax, eval sample
+               the mean deterministic evaluation return with the argmax expert and with a sampled expert
+               (`eval/episodic_return_argmax`, `eval/episodic_return_sample`); a run that logs only
+               `eval/episodic_return` reports it as `eval (default)`.
+Per task and method: mean and 95% bootstrap CI over seeds. Per method, across tasks: the IQM with a 95% stratified
+bootstrap CI from rliable (runs resampled within each task). Scores are normalised per task before they are pooled:
+(x - min) / (max - min) over every run of that task in the report (all methods, all seeds), so 0 is the worst and
+1 the best run on the task; with a single task the IQM is in raw return units.
+
+  python benchmarks/rl_report.py benchmarks/runs/sweep --png docs/img/pmoe_curves.png --md benchmarks/results_pmoe.md
 """
 
 import argparse
+import json
 import os
 import re
 import sys
+import warnings
 from collections import defaultdict
 
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-RETURN, EVAL = "charts/episodic_return", "eval/episodic_return"
+RETURN = "charts/episodic_return"
+EVAL_TAGS = {
+    "eval_argmax": "eval/episodic_return_argmax",
+    "eval_sample": "eval/episodic_return_sample",
+    "eval_default": "eval/episodic_return",
+}
 SPS_TAGS = ("charts/SPS_after_learning_starts", "charts/SPS")  # the first one present is reported
+METRICS = ("auc", "final", "eval_argmax", "eval_sample", "eval_default")
+BEGIN, END = "<!-- rl_report:begin -->", "<!-- rl_report:end -->"
 
 
-def find_runs(runs_dir, match):
-    """{run_name: directory} for every directory holding an event file whose name matches the regex `match`."""
+def find_runs(runs_dir, match=""):
+    """{run_name: directory} for every directory holding an event file whose relative path matches the regex.
+
+    Runs of an rl_benchmark.py sweep count once finished: their OUT/<key>/DONE.json exists."""
     runs = {}
     for root, _, files in os.walk(runs_dir):
-        if any(f.startswith("events.out.tfevents") for f in files):
+        key_dir = os.path.dirname(os.path.dirname(os.path.abspath(root)))
+        running = os.path.isfile(os.path.join(key_dir, "run.json")) and not os.path.isfile(
+            os.path.join(key_dir, "DONE.json")
+        )  # an rl_benchmark.py run that has not finished (or was killed): left out
+        if any(f.startswith("events.out.tfevents") for f in files) and not running:
             name = os.path.relpath(root, runs_dir)
             if re.search(match, name):
                 runs[name] = root
     return runs
 
 
-def group_of(run_name):
-    """CleanRL's `{env_id}__{exp_name}__{seed}__{timestamp}` -> `{env_id}__{exp_name}` (other names: unchanged)."""
-    parts = os.path.basename(run_name).split("__")
-    return "__".join(parts[:-2]) if len(parts) >= 4 and parts[-1].isdigit() and parts[-2].isdigit() else run_name
+def labels_of(directory):
+    """{task, method, seed} from rl_benchmark.py's run.json, else parsed from CleanRL's run name."""
+    meta = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(directory))), "run.json")
+    if os.path.isfile(meta):
+        with open(meta) as f:
+            labels = json.load(f)["labels"]
+        return dict(task=labels["task"], method=labels["method"], seed=int(labels["seed"]))
+    parts = os.path.basename(directory.rstrip("/")).split("__")
+    if len(parts) >= 4 and parts[-1].isdigit() and parts[-2].isdigit():
+        return dict(task=parts[0], method="__".join(parts[1:-2]), seed=int(parts[-2]))
+    return dict(task="?", method=os.path.basename(directory.rstrip("/")), seed=0)
 
 
 def load_scalars(directory):
     """{tag: (steps [N], values [N])} of every scalar in the run (all event files of the directory)."""
     acc = EventAccumulator(directory, size_guidance={"scalars": 0})  # 0 = keep every point
     acc.Reload()
-    return {
-        tag: (np.array([e.step for e in acc.Scalars(tag)]), np.array([e.value for e in acc.Scalars(tag)]))
-        for tag in acc.Tags()["scalars"]
-    }
+    scalars = {}
+    for tag in acc.Tags()["scalars"]:
+        events = acc.Scalars(tag)
+        scalars[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events], dtype=float))
+    return scalars
 
 
 def summarise(scalars, last_n):
-    """One run's row: final steps, episodes, last-N-episode mean return, eval mean over its episodes, SPS."""
+    """One run's numbers (nan where a tag is missing)."""
     steps, returns = scalars.get(RETURN, (np.array([]), np.array([])))
-    sps_tag = next((tag for tag in SPS_TAGS if tag in scalars), None)
-    return {
+    row = {
         "steps": int(steps.max()) if len(steps) else 0,
         "episodes": len(returns),
+        "auc": float(returns.mean()) if len(returns) else float("nan"),
         "final": float(returns[-last_n:].mean()) if len(returns) else float("nan"),
-        "eval": float(scalars[EVAL][1].mean()) if EVAL in scalars else float("nan"),
-        "eval_n": len(scalars[EVAL][1]) if EVAL in scalars else 0,
-        "sps": float(scalars[sps_tag][1][-1]) if sps_tag else float("nan"),
-        "sps_tag": sps_tag or "-",
     }
+    for key, tag in EVAL_TAGS.items():
+        row[key] = float(scalars[tag][1].mean()) if tag in scalars else float("nan")
+    if not np.isnan(row["eval_argmax"]) or not np.isnan(row["eval_sample"]):
+        row["eval_default"] = float("nan")  # the plain tag is only a fallback for scripts without the two new tags
+    sps_tag = next((tag for tag in SPS_TAGS if tag in scalars), None)
+    row["sps"] = float(scalars[sps_tag][1][-1]) if sps_tag else float("nan")
+    return row
 
 
-def fmt(values):
-    """mean ± std over the runs of a group (the value alone for one run), ignoring nan."""
-    values = [v for v in values if not np.isnan(v)]
-    if not values:
+def bootstrap_ci(values, reps=10000, seed=0):
+    """95% percentile bootstrap CI of the mean of `values` [n]: resample n values with replacement `reps` times."""
+    values = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(reps, len(values)))  # [reps, n]
+    means = values[idx].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def normalise(table):
+    """{task: {method: scores [seeds]}} -> the same, min-max normalised per task over every run of that task."""
+    out = {}
+    for task, by_method in table.items():
+        pooled = np.concatenate([np.asarray(v, dtype=float) for v in by_method.values()])
+        lo, hi = pooled.min(), pooled.max()
+        span = hi - lo if hi > lo else 1.0
+        out[task] = {m: (np.asarray(v, dtype=float) - lo) / span for m, v in by_method.items()}
+    return out
+
+
+def iqm_with_ci(table, reps=2000, seed=0):
+    """{method: (iqm, lo, hi, n_tasks, n_runs)} through rliable: a [runs, tasks] matrix per method.
+
+    Stratified bootstrap needs the same runs per task: each method keeps its first min-over-tasks seeds per task."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    by_method = defaultdict(dict)
+    for task, methods in (normalise(table) if len(table) > 1 else table).items():
+        for method, scores in methods.items():
+            by_method[method][task] = np.asarray(scores, dtype=float)
+    matrices = {}
+    for method, tasks in by_method.items():
+        n = min(len(s) for s in tasks.values())
+        matrices[method] = np.stack([tasks[t][:n] for t in sorted(tasks)], axis=1)  # [runs, tasks]
+
+    def iqm(scores):
+        return np.array([metrics.aggregate_iqm(scores)])
+
+    with warnings.catch_warnings():  # arch 7 warns that rliable's `random_state` argument will be renamed
+        warnings.simplefilter("ignore", FutureWarning)
+        point, interval = rly.get_interval_estimates(
+            matrices, iqm, reps=reps, random_state=np.random.RandomState(seed)
+        )  # rliable's default CI: percentile, 95%
+    results = {}
+    for method, m in matrices.items():
+        results[method] = (float(point[method][0]), float(interval[method][0, 0]), float(interval[method][1, 0]))
+        results[method] += (m.shape[1], m.shape[0])
+    return results
+
+
+def collect(rows, labels, metric):
+    """{task: {method: [value per seed, seed order]}} of one metric, leaving out nan."""
+    table = defaultdict(lambda: defaultdict(list))
+    for name in sorted(rows, key=lambda n: labels[n]["seed"]):
+        value = rows[name][metric]
+        if not np.isnan(value):
+            table[labels[name]["task"]][labels[name]["method"]].append(value)
+    return {task: dict(methods) for task, methods in table.items()}  # plain dicts: a lookup adds no empty entry
+
+
+def fmt_ci(values):
+    """`mean [lo, hi]` (95% bootstrap CI over seeds), or the value alone for one seed, or `-`."""
+    if len(values) == 0:
         return "-"
-    return f"{np.mean(values):.1f}" if len(values) == 1 else f"{np.mean(values):.1f} ± {np.std(values):.1f}"
+    if len(values) == 1:
+        return f"{values[0]:.0f}"
+    lo, hi = bootstrap_ci(values)
+    return f"{np.mean(values):.0f} [{lo:.0f}, {hi:.0f}]"
 
 
-def markdown(rows, groups, last_n):
+def markdown(rows, labels, last_n):
+    """The per-task table, the IQM table per metric and the per-run table."""
+    tables = {m: collect(rows, labels, m) for m in METRICS}
+    groups = defaultdict(list)
+    for name in rows:
+        groups[(labels[name]["task"], labels[name]["method"])].append(name)
+    head = "| task | method | seeds | steps | AUC | final (last {n} ep.) | eval argmax | eval sample | eval (default) |"
     out = [
-        f"| group | runs | steps | final return (last {last_n} ep.) | eval return | SPS |",
-        "|---|---|---|---|---|---|",
-    ]
-    for group, names in sorted(groups.items()):
-        r = [rows[n] for n in names]
-        out.append(
-            f"| {group} | {len(r)} | {max(x['steps'] for x in r)} | {fmt([x['final'] for x in r])} "
-            f"| {fmt([x['eval'] for x in r])} | {fmt([x['sps'] for x in r])} |"
-        )
-    out += [
+        "Mean over seeds with a 95% bootstrap CI over seeds in brackets.",
         "",
-        f"| run | steps | episodes | final return (last {last_n} ep.) | eval return (episodes) | SPS (tag) |",
-        "|---|---|---|---|---|---|",
+        head.format(n=last_n),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    for task, method in sorted(groups):
+        names = groups[(task, method)]
+        cells = [fmt_ci(tables[m].get(task, {}).get(method, [])) for m in METRICS]
+        steps = max(rows[n]["steps"] for n in names)
+        out.append(f"| {task} | {method} | {len(names)} | {steps} | " + " | ".join(cells) + " |")
+    iqm_metrics = (("auc", "AUC"), ("final", "final return"), ("eval_argmax", "eval argmax"), ("eval_default", "eval"))
+    for metric, title in iqm_metrics:
+        if not tables[metric]:
+            continue
+        results = iqm_with_ci(tables[metric])
+        unit = "normalised per task, min-max over all runs" if len(tables[metric]) > 1 else "raw return"
+        out += ["", f"IQM of the {title} across tasks ({unit}), 95% stratified-bootstrap CI (rliable):", ""]
+        out += ["| method | tasks | runs per task | IQM | 95% CI |", "|---|---|---|---|---|"]
+        for method, (iqm, lo, hi, n_tasks, n_runs) in sorted(results.items()):
+            out.append(f"| {method} | {n_tasks} | {n_runs} | {iqm:.3g} | [{lo:.3g}, {hi:.3g}] |")
+    out += ["", "<details><summary>Per run</summary>", ""]
+    out += ["| run | steps | episodes | AUC | final | eval argmax | eval sample | eval default | SPS |"]
+    out += ["|---|---|---|---|---|---|---|---|---|"]
     for name, x in sorted(rows.items()):
-        out.append(
-            f"| {name} | {x['steps']} | {x['episodes']} | {x['final']:.1f} | {x['eval']:.1f} ({x['eval_n']}) "
-            f"| {x['sps']:.0f} ({x['sps_tag']}) |"
-        )
+        cells = " | ".join(f"{x[m]:.1f}" for m in METRICS)
+        out.append(f"| {name} | {x['steps']} | {x['episodes']} | {cells} | {x['sps']:.0f} |")
+    out += ["", "</details>"]
     return "\n".join(out)
 
 
-def plot(curves, groups, last_n, path):
-    """Each run's episodic return smoothed over the last `last_n` episodes, one colour per group."""
+def mean_curve_with_ci(curves, grid, reps=2000, seed=0):
+    """Runs' (steps, returns) -> mean [G] and 95% bootstrap band [2, G] over runs on `grid`.
+
+    Each run's curve is linearly interpolated at the grid points (held flat outside its logged range)."""
+    ys = np.stack([np.interp(grid, s, r) for s, r in curves])  # [runs, G]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(ys), size=(reps, len(ys)))  # [reps, runs]
+    means = ys[idx].mean(1)  # [reps, G]
+    return ys.mean(0), np.percentile(means, [2.5, 97.5], axis=0)
+
+
+def plot(scalars, labels, last_n, path):
+    """One panel per task: per method, the mean over seeds of the smoothed training return, 95% bootstrap band."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for color, (group, names) in enumerate(sorted(groups.items())):
-        for i, name in enumerate(names):
-            steps, returns = curves[name]
-            if len(returns) == 0:
-                continue
-            smooth = np.convolve(returns, np.ones(last_n), "full")[: len(returns)] / np.minimum(
-                np.arange(1, len(returns) + 1), last_n
-            )
-            ax.plot(steps, smooth, color=f"C{color % 10}", label=group if i == 0 else None, alpha=0.9)
-    ax.set_xlabel("global_step")
-    ax.set_ylabel(f"{RETURN} (mean of last {last_n} episodes)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    by_task = defaultdict(lambda: defaultdict(list))
+    for name, s in scalars.items():
+        steps, returns = s.get(RETURN, (np.array([]), np.array([])))
+        if len(returns):
+            by_task[labels[name]["task"]][labels[name]["method"]].append((steps, trailing_mean(returns, last_n)))
+    tasks = sorted(by_task)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for color, method in enumerate(sorted(by_task[task])):
+            curves = by_task[task][method]
+            grid = np.linspace(0, min(s[-1] for s, _ in curves), 100)
+            mean, band = mean_curve_with_ci(curves, grid)
+            ax.plot(grid, mean, color=f"C{color % 10}", label=f"{method} ({len(curves)} seeds)")
+            ax.fill_between(grid, band[0], band[1], color=f"C{color % 10}", alpha=0.2)
+        ax.set_title(task)
+        ax.set_xlabel("global_step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(f"episodic return (trailing mean of {last_n})")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def trailing_mean(returns, n):
+    """[N] -> [N]: the mean of each episode's return and the n-1 before it (fewer at the start)."""
+    csum = np.cumsum(np.insert(np.asarray(returns, dtype=float), 0, 0.0))  # [N+1], csum[i] = sum of the first i
+    end = np.arange(1, len(returns) + 1)
+    start = np.maximum(end - n, 0)
+    return (csum[end] - csum[start]) / (end - start)
+
+
+def write_section(path, text, begin=BEGIN, end=END):
+    """Replace what lies between the begin and end markers of `path` (append them if absent; create the file)."""
+    body = f"{begin}\n{text}\n{end}"
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = f.read()
+        if begin in old and end in old:
+            body = old[: old.index(begin)] + body + old[old.index(end) + len(end) :]
+        else:
+            body = old.rstrip("\n") + "\n\n" + body + "\n"
+    with open(path + ".tmp", "w") as f:
+        f.write(body)
+    os.replace(path + ".tmp", path)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs_dir", help="directory of TensorBoard runs (e.g. runs or benchmarks/runs)")
-    parser.add_argument("--match", default="", help="regex a run name must contain (default: every run)")
+    parser.add_argument("runs_dir", help="directory of TensorBoard runs (e.g. an rl_benchmark.py --out folder)")
+    parser.add_argument("--match", default="", help="regex a run's path must contain (default: every run)")
     parser.add_argument("--last-n", type=int, default=10, help="episodes averaged for the final return and the curve")
     parser.add_argument("--png", default=None, help="learning-curve image path (default: RUNS_DIR/learning_curves.png)")
+    parser.add_argument("--md", default=None, help="also write the tables between the rl_report markers of this file")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.runs_dir):
         print(
@@ -137,13 +293,14 @@ def main(argv=None):
         print(f"error: --match: no run under {args.runs_dir!r} matches {args.match!r}", file=sys.stderr)
         raise SystemExit(2)
     scalars = {name: load_scalars(directory) for name, directory in runs.items()}
+    labels = {name: labels_of(directory) for name, directory in runs.items()}
     rows = {name: summarise(s, args.last_n) for name, s in scalars.items()}
-    groups = defaultdict(list)
-    for name in sorted(runs):
-        groups[group_of(name)].append(name)
-    print(markdown(rows, groups, args.last_n))
+    text = markdown(rows, labels, args.last_n)
+    print(text)
+    if args.md:
+        write_section(args.md, text)
     png = args.png or os.path.join(args.runs_dir, "learning_curves.png")
-    plot({name: s.get(RETURN, ([], [])) for name, s in scalars.items()}, groups, args.last_n, png)
+    plot(scalars, labels, args.last_n, png)
     print(f"\nlearning curves: {png}")
     return rows
 

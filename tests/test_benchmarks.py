@@ -1,0 +1,416 @@
+"""Tests for the benchmarks/ tools: the sweep runner (grids, a real two-job local sweep, restart), the RL report
+(AUC, final return, IQM against hand computations on synthetic TensorBoard runs), the GRPO report (mean, bootstrap
+CI and curve data on synthetic eval JSONs) and the thinking-position statistics on a hand-built logits tensor."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import grpo_report  # noqa: E402
+import grpo_thinking_stats  # noqa: E402
+import rl_benchmark  # noqa: E402
+import rl_report  # noqa: E402
+
+# ---------------------------------------------------------------- sweep runner
+
+
+def test_dry_run_lists_the_default_and_the_grpo_grids(tmp_path, capsys):
+    runs = rl_benchmark.main(["--dry-run", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    # issue 11: SAC K1/K4 and PPO K1/K5 on 2 tasks x 3 seeds, and 4 more SAC arms on HalfCheetah x 3 seeds
+    assert len(runs) == 2 * 2 * 3 + 2 * 2 * 3 + 4 * 3
+    assert "36 runs, 0 done" in printed
+    assert "pmoe_ppo__K5__Hopper-v5__s3" in printed
+    assert (
+        "--num-experts 5 --total-timesteps 300000 --save-model --seed 3 --exp-name pmoe_ppo__K5 --env-id Hopper-v5"
+        in printed
+    )
+    assert sorted({r.labels["method"] for r in runs}) == [
+        "pmoe_ppo:K1",
+        "pmoe_ppo:K5",
+        "pmoe_sac:K1",
+        "pmoe_sac:K4",
+        "pmoe_sac:gating",
+        "pmoe_sac:gumbel",
+        "pmoe_sac:mcp",
+        "pmoe_sac:reinforce",
+    ]
+    keys = [r.key for r in runs]
+    assert len(set(keys)) == len(keys)  # every run its own folder
+
+    runs = rl_benchmark.main(["--dry-run", "--grid", "grpo-toy", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert len(runs) == 15  # 5 seeds x 2 trainings, then 5 evaluations of the discrete checkpoints
+    assert sorted(r.labels["seed"] for r in runs if r.script == "discrete_grpo.py") == [1, 2, 3, 4, 5]
+    evals = [r for r in runs if r.stage == 1]
+    assert len(evals) == 5
+    assert "{ckpt:discrete_grpo__grpo__toy__s4}" in evals[3].argv
+    assert "--eval-every 10 --eval-settings sofT-grpo soft-baseline --seed 2 --exp-name sofT_grpo__softgrpo" in printed
+
+    # the ablation's default arm is the main table's run: same folder, same command
+    noise = rl_benchmark.main(["--dry-run", "--grid", "grpo-noise", "--out", str(tmp_path)])
+    capsys.readouterr()
+    main_table = {r.key: r.argv for r in runs}
+    assert len(noise) == 9
+    for r in noise:
+        if r.labels["method"] == "sofT_grpo:softgrpo":
+            assert main_table[r.key] == r.argv
+
+
+def write_script(folder, body):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "fake.py"), "w") as f:
+        f.write(body)
+
+
+def test_run_one_marks_only_finished_runs_and_reruns_killed_ones(tmp_path):
+    repo, out = str(tmp_path / "repo"), str(tmp_path / "out")
+    write_script(repo, "import os, sys\nopen('ran.txt', 'a').write(os.environ['OMP_NUM_THREADS'])\nsys.exit(1)\n")
+    run = rl_benchmark.grid("fake.py", {"a": "--x 1"}, None, [7])[0]
+    result = rl_benchmark.run_one(run, out, repo, threads=1, timeout_s=60)
+    assert result["rc"] == 1 and not rl_benchmark.is_done(run, out)  # a failed run leaves no marker
+
+    with open(os.path.join(out, run.key, "stale.txt"), "w") as f:  # what a killed run left behind
+        f.write("half")
+    write_script(repo, "import os\nopen('ran.txt', 'a').write(os.environ['OMP_NUM_THREADS'])\n")
+    result = rl_benchmark.run_one(run, out, repo, threads=1, timeout_s=60)
+    assert result["rc"] == 0 and rl_benchmark.is_done(run, out)
+    assert sorted(os.listdir(os.path.join(out, run.key))) == ["DONE.json", "log.txt", "ran.txt", "run.json"]
+    with open(os.path.join(out, run.key, "ran.txt")) as f:
+        assert f.read() == "1"  # started from scratch, with one thread
+    with open(os.path.join(out, run.key, "DONE.json")) as f:
+        done = json.load(f)
+    assert done["command"][-4:] == ["--seed", "7", "--exp-name", "fake__a"] and done["wall_s"] > 0
+
+    result = rl_benchmark.run_one(run, out, repo, threads=1, timeout_s=60)
+    assert result["skipped"]  # complete: not run again
+    with open(os.path.join(out, run.key, "ran.txt")) as f:
+        assert f.read() == "1"
+
+
+def test_checkpoint_placeholder_resolves_to_the_one_final_model(tmp_path):
+    os.makedirs(tmp_path / "train" / "runs" / "toy__x__1__123" / "final")
+    argv = ["--eval-only", "--model-name-or-path", "{ckpt:train}"]
+    found = rl_benchmark.resolve(argv, str(tmp_path))
+    assert found == [
+        "--eval-only",
+        "--model-name-or-path",
+        str(tmp_path / "train" / "runs" / "toy__x__1__123" / "final"),
+    ]
+    with pytest.raises(FileNotFoundError):
+        rl_benchmark.resolve(["{ckpt:missing}"], str(tmp_path))
+
+
+def test_local_sweep_of_two_tiny_jobs_completes_and_is_skipped_on_the_second_call(tmp_path):
+    out = str(tmp_path / "sweep")
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "benchmarks", "rl_benchmark.py"),
+        "--scripts",
+        "pmoe_ppo.py",
+        "--variants",
+        "K1=--num-experts 1",
+        "K2=--num-experts 2",
+        "--env-ids",
+        "Pendulum-v1",
+        "--extra-flags=--total-timesteps 256 --num-steps 128 --num-minibatches 2 --update-epochs 1",
+        "--workers",
+        "2",
+        "--out",
+        out,
+    ]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "stage 0: 2 to run, 0 already done" in first.stdout
+    markers = {}
+    for key in ("pmoe_ppo__K1__Pendulum-v1__s1", "pmoe_ppo__K2__Pendulum-v1__s1"):
+        folder = os.path.join(out, key)
+        markers[key] = os.path.getmtime(os.path.join(folder, "DONE.json"))
+        (run_dir,) = os.listdir(os.path.join(folder, "runs"))  # the script's own TensorBoard run
+        assert run_dir.startswith(f"Pendulum-v1__{key.split('__')[0]}__{key.split('__')[1]}__1__")
+        assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(folder, "runs", run_dir)))
+
+    listed = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True, timeout=60)
+    assert listed.stdout.count("[done in ") == 2 and "2 runs, 2 done" in listed.stdout
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "stage 0: 0 to run, 2 already done" in second.stdout
+    for key, mtime in markers.items():
+        assert os.path.getmtime(os.path.join(out, key, "DONE.json")) == mtime
+
+
+# ---------------------------------------------------------------- RL report
+
+RETURNS = {  # (task, method, seed) -> training episode returns; eval returns below; seed 3 has not finished
+    ("Hopper-v5", "sac:K1", 3): [1000.0],
+    ("Hopper-v5", "sac:K1", 1): [10.0, 20.0, 30.0, 40.0],
+    ("Hopper-v5", "sac:K1", 2): [0.0, 10.0, 50.0],
+    ("Hopper-v5", "sac:K4", 1): [5.0, 5.0, 5.0, 25.0, 35.0],
+    ("Hopper-v5", "sac:K4", 2): [100.0, 0.0],
+    ("Ant-v5", "sac:K1", 1): [-4.0, 4.0, 8.0],
+    ("Ant-v5", "sac:K1", 2): [1.0, 3.0],
+    ("Ant-v5", "sac:K4", 1): [2.0, 2.0, 2.0, 6.0],
+    ("Ant-v5", "sac:K4", 2): [0.0, 12.0],
+}
+
+
+def write_synthetic_runs(root):
+    """rl_benchmark.py's layout: OUT/<key>/run.json and OUT/<key>/runs/<run_name>/events.out.tfevents.*"""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for (task, method, seed), returns in RETURNS.items():
+        key = f"{method.replace(':', '__')}__{task}__s{seed}"
+        os.makedirs(os.path.join(root, key))
+        with open(os.path.join(root, key, "run.json"), "w") as f:
+            json.dump({"labels": {"task": task, "method": method, "seed": seed}}, f)
+        if seed < 3:  # seed 3 below is still running: no DONE.json, left out of the report
+            open(os.path.join(root, key, "DONE.json"), "w").close()
+        writer = SummaryWriter(os.path.join(root, key, "runs", f"{task}__{method}__{seed}__1"))
+        for i, r in enumerate(returns):
+            writer.add_scalar("charts/episodic_return", r, 100 * (i + 1))
+        if method == "sac:K4":  # the new tags; K1 logs only the old one (the fallback column)
+            writer.add_scalar("eval/episodic_return_argmax", 2.0 * seed, 0)
+            writer.add_scalar("eval/episodic_return_argmax", 4.0 * seed, 1)
+            writer.add_scalar("eval/episodic_return_sample", -1.0, 0)
+        else:
+            writer.add_scalar("eval/episodic_return", 7.0, 0)
+        writer.close()
+
+
+def test_rl_report_auc_final_eval_and_iqm_equal_hand_computations(tmp_path):
+
+    write_synthetic_runs(str(tmp_path / "sweep"))
+    md = tmp_path / "results.md"
+    md.write_text("# Results\n\nprose\n\n<!-- rl_report:begin -->\nold\n<!-- rl_report:end -->\n\nmore prose\n")
+    png = tmp_path / "img" / "curves.png"
+    rows = rl_report.main([str(tmp_path / "sweep"), "--last-n", "2", "--png", str(png), "--md", str(md)])
+    assert len(rows) == 8 and png.stat().st_size > 1000
+    by_key = {}
+    for name, row in rows.items():
+        labels = rl_report.labels_of(str(tmp_path / "sweep" / name))
+        by_key[(labels["task"], labels["method"], labels["seed"])] = row
+    hopper_k4_1 = by_key[("Hopper-v5", "sac:K4", 1)]
+    assert hopper_k4_1["auc"] == pytest.approx((5 + 5 + 5 + 25 + 35) / 5)  # every episode of the curve
+    assert hopper_k4_1["final"] == pytest.approx((25 + 35) / 2)  # the last 2
+    assert hopper_k4_1["eval_argmax"] == pytest.approx(3.0) and hopper_k4_1["eval_sample"] == -1.0
+    assert np.isnan(hopper_k4_1["eval_default"])
+    assert by_key[("Ant-v5", "sac:K1", 2)]["eval_default"] == 7.0 and np.isnan(
+        by_key[("Ant-v5", "sac:K1", 2)]["eval_argmax"]
+    )
+
+    # IQM of the AUC across the two tasks, by hand: min-max normalise per task over all 4 runs, pool a method's
+    # 2 seeds x 2 tasks, drop the lowest and highest quarter (1 of 4 each) and average the middle two
+    auc = {k: float(np.mean(v)) for k, v in RETURNS.items() if k[2] < 3}
+    expected = {}
+    for method in ("sac:K1", "sac:K4"):
+        pooled = []
+        for task in ("Hopper-v5", "Ant-v5"):
+            task_values = [v for (t, _, _), v in auc.items() if t == task]
+            lo, hi = min(task_values), max(task_values)
+            pooled += [(auc[(task, method, s)] - lo) / (hi - lo) for s in (1, 2)]
+        expected[method] = float(np.mean(sorted(pooled)[1:3]))
+    results = rl_report.iqm_with_ci(rl_report.collect(rows, rl_report_labels(rows, tmp_path), "auc"))
+    for method, value in expected.items():
+        iqm, lo, hi, n_tasks, n_runs = results[method]
+        assert iqm == pytest.approx(value) and (n_tasks, n_runs) == (2, 2)
+        assert lo <= iqm <= hi
+    text = md.read_text()
+    assert text.startswith("# Results\n\nprose\n\n<!-- rl_report:begin -->") and text.endswith("more prose\n")
+    assert "old" not in text and f"| sac:K4 | 2 | 2 | {expected['sac:K4']:.3g} |" in text
+
+
+def rl_report_labels(rows, tmp_path):
+
+    return {name: rl_report.labels_of(str(tmp_path / "sweep" / name)) for name in rows}
+
+
+def test_bootstrap_ci_equals_a_loop_over_the_same_draws():
+    values = [71.0, 83.3, 80.6, 60.4, 75.0]
+    lo, hi = rl_report.bootstrap_ci(values, reps=10000, seed=0)
+    assert (lo, hi) == pytest.approx(hand_ci(values))
+    assert min(values) < lo < np.mean(values) < hi < max(values)
+    assert rl_report.bootstrap_ci([3.0, 3.0, 3.0]) == (3.0, 3.0)
+
+
+def test_trailing_mean_and_curve_band_by_hand():
+
+    assert rl_report.trailing_mean([1.0, 3.0, 5.0, 7.0], 2).tolist() == [1.0, 2.0, 4.0, 6.0]
+    curves = [(np.array([0.0, 10.0]), np.array([0.0, 10.0])), (np.array([0.0, 10.0]), np.array([2.0, 2.0]))]
+    mean, band = rl_report.mean_curve_with_ci(curves, np.array([0.0, 5.0, 10.0]))
+    assert mean.tolist() == [1.0, 3.5, 6.0]  # runs interpolated at the grid, then averaged
+    assert band[0, 1] == pytest.approx(2.0) and band[1, 1] == pytest.approx(5.0)  # 2 runs: only 2, 3.5, 5 occur
+
+
+# ---------------------------------------------------------------- GRPO report
+
+PASS1 = {  # (method, seed) -> Pass@1 at steps 0, 10, 20 (discrete decoding / SofT-GRPO's own decoding)
+    ("discrete_grpo:grpo", 1): [0.40, 0.50, 0.70],
+    ("discrete_grpo:grpo", 2): [0.40, 0.60, 0.80],
+    ("discrete_grpo:grpo", 3): [0.40, 0.55, 0.60],
+    ("sofT_grpo:softgrpo", 1): [0.30, 0.45, 0.65],
+    ("sofT_grpo:softgrpo", 2): [0.35, 0.50, 0.75],
+    ("sofT_grpo:softgrpo", 3): [0.25, 0.40, 0.50],
+    ("discrete_grpo:grpo", 4): [0.40, 0.99],
+}
+
+
+def write_eval(folder, run, step, model, values):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"eval_step{step}.json"), "w") as f:
+        json.dump({"run": run, "step": step, "model": model, "n": 8, **values}, f)
+
+
+def write_synthetic_sweep(root):
+    """rl_benchmark.py's grpo-toy layout, with eval JSONs in the scripts' format."""
+    for (method, seed), pass1 in PASS1.items():
+        script, variant = method.split(":")
+        key = f"{script}__{variant}__toy__s{seed}"
+        os.makedirs(os.path.join(root, key))
+        with open(os.path.join(root, key, "run.json"), "w") as f:
+            json.dump({"labels": {"script": script + ".py", "method": method, "task": "toy", "seed": seed}}, f)
+        if seed < 4:  # seed 4 is still running: its last eval so far (step 10) must not count as a final model
+            open(os.path.join(root, key, "DONE.json"), "w").close()
+        run = f"toy-base__{script}__{variant}__{seed}__1"
+        folder = os.path.join(root, key, "runs", run)
+        for step, p in zip((0, 10, 20), pass1):
+            if script == "discrete_grpo":
+                values = {"pass@1": p, "pass@8": min(1.0, p + 0.3)}
+            else:
+                values = {
+                    "sofT-grpo/pass@1": p,
+                    "sofT-grpo/pass@8": min(1.0, p + 0.35),
+                    "soft-baseline/pass@1": p - 0.1,
+                }
+            write_eval(folder, run, step, "/cache/toy-base" if step == 0 else "ignored", values)
+        os.makedirs(os.path.join(folder, "final"))
+    # the discrete checkpoint of seed 2 decoded soft by an eval-only run (the paper's "GRPO, soft" row)
+    key = "sofT_grpo__eval-of-grpo__toy__s2"
+    os.makedirs(os.path.join(root, key))
+    with open(os.path.join(root, key, "run.json"), "w") as f:
+        json.dump({"labels": {"method": "sofT_grpo:eval-of-grpo", "task": "toy", "seed": 2}}, f)
+    open(os.path.join(root, key, "DONE.json"), "w").close()
+    ckpt = os.path.join(root, "discrete_grpo__grpo__toy__s2", "runs", "toy-base__discrete_grpo__grpo__2__1", "final")
+    write_eval(
+        os.path.join(root, key, "runs", "final__x__2__5"), "final__x__2__5", 0, ckpt, {"soft-baseline/pass@1": 0.77}
+    )
+
+
+def hand_ci(values, reps=10000, seed=0):
+    """95% percentile bootstrap CI of the mean, one resample at a time (the same draws as the reports')."""
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(reps):
+        means.append(np.mean([values[i] for i in rng.integers(0, len(values), size=len(values))]))
+    return np.percentile(means, 2.5), np.percentile(means, 97.5)
+
+
+def test_grpo_report_seed_means_cis_and_curves_equal_hand_computations(tmp_path):
+    write_synthetic_sweep(str(tmp_path / "sweep"))
+    md, png = tmp_path / "results.md", tmp_path / "img" / "curves.png"
+    entries = grpo_report.main([str(tmp_path / "sweep"), "--seeds", "--md", str(md), "--png", str(png)])
+    assert png.stat().st_size > 1000
+    table = grpo_report.final_table(entries)
+    discrete_last = {s: PASS1[("discrete_grpo:grpo", s)][-1] for s in (1, 2, 3)}
+    assert {s: v[1] for s, v in table[("discrete_grpo:grpo", "discrete")].items()} == discrete_last
+    assert table[("base", "discrete")] == {s: {1: 0.40, 8: pytest.approx(0.70)} for s in (1, 2, 3)}
+    assert table[("discrete_grpo:grpo", "soft-baseline")] == {2: {1: 0.77}}  # classified by its checkpoint's run
+    assert set(table) == {
+        ("base", "discrete"),
+        ("base", "sofT-grpo"),
+        ("base", "soft-baseline"),
+        ("discrete_grpo:grpo", "discrete"),
+        ("discrete_grpo:grpo", "soft-baseline"),
+        ("sofT_grpo:softgrpo", "sofT-grpo"),
+        ("sofT_grpo:softgrpo", "soft-baseline"),
+    }
+
+    # the table cell of SofT-GRPO's Pass@1, by hand: the mean of 0.65, 0.75, 0.50 and its bootstrap CI
+    final = [0.65, 0.75, 0.50]
+    lo, hi = hand_ci(final)
+    cell = f"{100 * np.mean(final):.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    text = md.read_text()
+    assert f"| SofT-GRPO, soft | 3 | {cell} |" in text
+    assert "| GRPO, soft | 1 | 77.0 [77.0, 77.0] | - |" in text
+    assert "| SofT-GRPO, soft | 3 | 50.0 | 85.0 |" in text  # per-seed section, seed 3
+
+    # SofT-GRPO minus GRPO (discrete), Pass@1: 0.6333 - 0.7 by hand, and the CI from the same draws one by one
+    a, b = [0.65, 0.75, 0.50], [0.70, 0.80, 0.60]
+    rng = np.random.default_rng(0)
+    ia, ib = rng.integers(0, 3, size=(10000, 3)), rng.integers(0, 3, size=(10000, 3))
+    diffs = [np.mean([a[i] for i in ra]) - np.mean([b[i] for i in rb]) for ra, rb in zip(ia, ib)]
+    d, lo, hi = grpo_report.difference_ci(a, b)
+    assert d == pytest.approx(np.mean(a) - np.mean(b))
+    assert (lo, hi) == pytest.approx((np.percentile(diffs, 2.5), np.percentile(diffs, 97.5)))
+    assert (
+        f"| SofT-GRPO, soft minus GRPO, discrete | 3 vs 3 | {100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] |" in text
+    )
+
+    kept = grpo_report.main(
+        [str(tmp_path / "sweep"), "--seeds", "--keep-seeds", "1", "3", "--md", str(md), "--section", "x"]
+    )
+    assert {e["seed"] for e in kept} == {1, 3}
+    kept = grpo_report.main([str(tmp_path / "sweep"), "--seeds", "--methods", "sofT_grpo:softgrpo"])
+    assert {e["model"] for e in kept} == {"base", "sofT_grpo:softgrpo"}
+    assert "<!-- grpo_report:x:begin -->\n| model, decoding | seeds |" in md.read_text()
+    assert f"| SofT-GRPO, soft | 2 | {100 * np.mean([0.65, 0.50]):.1f} [" in md.read_text()
+
+    steps, mean, lo, hi, n = grpo_report.curve(entries, "discrete_grpo:grpo", "discrete", 1)
+    assert steps.tolist() == [0, 10, 20] and n == 3
+    assert mean == pytest.approx([0.40, 0.55, 0.70])  # step 0 is the base model
+    assert lo[0] == hi[0] == pytest.approx(0.40)  # three equal seeds: no spread
+    assert (lo[2], hi[2]) == pytest.approx(hand_ci([0.70, 0.80, 0.60]))
+    steps, mean, _, _, _ = grpo_report.curve(entries, "sofT_grpo:softgrpo", "sofT-grpo", 8)
+    expected = [np.mean([0.65, 0.70, 0.60]), np.mean([0.80, 0.85, 0.75]), np.mean([1.0, 1.0, 0.85])]
+    assert mean == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------- thinking-position statistics
+
+
+def test_thinking_position_stats_on_a_hand_built_logits_tensor():
+    # row 0: a uniform step over 4 ids, then a step with probabilities 1/2, 1/4, 1/8, 1/8; row 1: a masked-out step
+    # with huge logits (it must not count) and a step that is near one-hot
+    logits = torch.tensor(
+        [
+            [[0.0, 0.0, 0.0, 0.0], [math.log(4), math.log(2), 0.0, 0.0]],
+            [[100.0, 0.0, 0.0, 0.0], [0.0, -20.0, -20.0, -20.0]],
+        ]
+    )  # [B 2, T 2, V 4]
+    mask = torch.tensor([[True, True], [False, True]])
+    near_one_hot = 1 / (1 + 3 * math.exp(-20))
+    h_uniform, h_dyadic = math.log(4), 0.5 * math.log(2) + 0.25 * math.log(4) + 2 * 0.125 * math.log(8)
+    h_sharp = -near_one_hot * math.log(near_one_hot) - 3 * (1 - near_one_hot) / 3 * math.log((1 - near_one_hot) / 3)
+    st = grpo_thinking_stats.thinking_position_stats(logits, mask)
+    assert st["positions"] == 3
+    assert st["entropy"] == pytest.approx((h_uniform + h_dyadic + h_sharp) / 3, rel=1e-5)
+    assert st["top1"] == pytest.approx((0.25 + 0.5 + near_one_hot) / 3, rel=1e-6)
+    assert st["frac_top1_above_0.99"] == pytest.approx(1 / 3)
+
+    # temperature 2 halves the logits: the dyadic step becomes probabilities proportional to 2, sqrt 2, 1, 1
+    st = grpo_thinking_stats.thinking_position_stats(logits[:1, 1:], mask[:1, 1:], temperature=2.0)
+    q = torch.tensor([2.0, math.sqrt(2), 1.0, 1.0]) / (4 + math.sqrt(2))
+    assert st["top1"] == pytest.approx(q[0].item(), rel=1e-6)
+    assert st["entropy"] == pytest.approx(-(q * q.log()).sum().item(), rel=1e-6)
+
+    # top-k 3 keeps 1/2, 1/4, 1/8 -> 4/7, 2/7, 1/7; top-p 0.8 then keeps 4/7 and 2/7 (4/7 < 0.8) -> 2/3, 1/3
+    st = grpo_thinking_stats.thinking_position_stats(logits[:1, 1:], mask[:1, 1:], top_k=3, top_p=0.8)
+    assert st["top1"] == pytest.approx(2 / 3, rel=1e-6)
+    assert st["entropy"] == pytest.approx(-(2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3), rel=1e-6)
+
+
+def test_thinking_mask_keeps_the_steps_up_to_and_including_think_end():
+    END = 9
+    ids = torch.tensor([[1, 2, END, 3, 4], [END, 5, 6, 0, 0], [1, 1, 1, 1, 1]])
+    completion_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    expected = [[True, True, True, False, False], [True, False, False, False, False], [True, True, True, True, False]]
+    assert grpo_thinking_stats.thinking_mask(ids, completion_mask, END).tolist() == expected
