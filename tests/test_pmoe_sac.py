@@ -180,6 +180,26 @@ def test_actor_heads_split_into_experts_and_log_std_is_bounded():
     assert torch.allclose(log_std[..., 1], torch.tensor(-1.5))  # the midpoint of [-5, 2]
 
 
+def test_get_action_density_is_the_acting_experts_own_or_the_mixtures():
+    """get_action acts with one expert z per row; its log-prob is z's own density by default (PMOE's target) and the
+    mixture's with mixture_logp=True (the baselines'). float64, B = 6, K = 3."""
+    torch.manual_seed(15)
+    actor, obs = pmoe_sac.Actor(spaces(), 3).double(), torch.randn(6, 5, dtype=torch.float64)
+    mix_logits, means, log_stds = actor(obs)
+    rows = torch.arange(6)
+    for mixture_logp in (False, True):
+        torch.manual_seed(16)
+        action, log_prob, mean_action, z = actor.get_action(obs, **({"mixture_logp": True} if mixture_logp else {}))
+        if mixture_logp:
+            base = MixtureSameFamily(Categorical(logits=mix_logits), Independent(Normal(means, log_stds.exp()), 1))
+        else:
+            base = Independent(Normal(means[rows, z], log_stds[rows, z].exp()), 1)
+        ref = squashed(base, actor.action_scale, actor.action_bias)
+        assert torch.allclose(log_prob[:, 0], ref.log_prob(action), atol=1e-4)
+        assert torch.allclose(mean_action, actor.squash(means[rows, z]))
+    assert len(set(z.tolist())) > 1
+
+
 def test_sample_expert_draws_from_the_routing_weights():
     """Gumbel-max against the softmax it should sample from: 40k draws per row, B = 4 rows, K = 3."""
     torch.manual_seed(2)
