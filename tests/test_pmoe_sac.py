@@ -198,6 +198,12 @@ def test_get_action_density_is_the_acting_experts_own_or_the_mixtures():
         assert torch.allclose(log_prob[:, 0], ref.log_prob(action), atol=1e-4)
         assert torch.allclose(mean_action, actor.squash(means[rows, z]))
     assert len(set(z.tolist())) > 1
+    with torch.no_grad():  # saturated tanh: CleanRL's +1e-6 keeps the log-density finite where 1 - tanh^2 = 0
+        actor.float().fc_mean.bias.fill_(40.0)
+    _, log_prob, _, _ = actor.get_action(obs.float())
+    assert torch.isfinite(log_prob).all()
+    saturated = pmoe_sac.tanh_gaussian_log_prob(torch.full((2, 3), 40.0), torch.zeros(2, 3), torch.zeros(2, 3), 1.0)
+    assert torch.isfinite(saturated).all()
 
 
 def test_sample_expert_draws_from_the_routing_weights():
