@@ -2,7 +2,7 @@
 
 A minimal diff of CleanRL's cleanrl/sac_continuous_action.py: `diff -w` against it shows the method; docs/pmoe_sac.md
 explains each hunk. Official code: github.com/JieRen98/rlkit-pmoe (rlkit/torch/PMOEsac/).
-  python pmoe_sac.py                                  # Hopper-v5, K=4, 20k steps: minutes on a laptop CPU
+  python pmoe_sac.py                                  # Hopper-v5, K=4, 20k steps (times: benchmarks/results_*.md)
   python pmoe_sac.py --num-experts 1                  # plain SAC on the same code path
   python pmoe_sac.py --gradient-estimator gumbel      # or reinforce; --policy-type gating|mcp: the MoE baselines
   python pmoe_sac.py --save-model                     # then: --eval-only --model-path runs/<run>/pmoe_sac.cleanrl_model

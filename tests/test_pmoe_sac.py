@@ -75,8 +75,8 @@ class StubActor(nn.Module):
         self.mix_logits = nn.Parameter(torch.randn(B, K, generator=g, dtype=torch.float64))
         self.means = nn.Parameter(torch.randn(B, K, A, generator=g, dtype=torch.float64) * 0.6)
         self.log_stds = nn.Parameter(torch.full((B, K, A), log_std, dtype=torch.float64))
-        self.register_buffer("action_scale", SCALE64)
-        self.register_buffer("action_bias", BIAS64)
+        self.register_buffer("action_scale", SCALE64[:A])
+        self.register_buffer("action_bias", BIAS64[:A])
 
     def forward(self, obs):
         return self.mix_logits, self.means, self.log_stds
@@ -101,9 +101,9 @@ def closed_form_min_q(obs, action):
     return min(0.0 - 1.0 * distance, 0.3 - 2.0 * distance)
 
 
-def stub_problem(seed=0, B=6, K=4):
+def stub_problem(seed=0, B=6, K=4, A=2):
     torch.manual_seed(seed)
-    actor = StubActor(B=B, K=K, seed=seed)
+    actor = StubActor(B=B, K=K, A=A, seed=seed)
     obs = torch.randn(B, 3, dtype=torch.float64) * 0.5
     return actor, ClosedFormQ(0.0, 1.0), ClosedFormQ(0.3, 2.0), obs
 
@@ -149,6 +149,11 @@ def test_mixture_log_prob_matches_torch_distributions_and_k1_is_unimodal():
     x_t = ref.transforms[0]._cached_x_y[0]
     ours = pmoe_sac.mixture_log_prob(x_t, mix_logits, mean, log_std, scale)  # [B]
     assert torch.allclose(ours, ref.log_prob(a), atol=1e-3)
+    # a batch of K samples per row against the same mixture ([B, K, A] -> [B, K]), as the REINFORCE baseline uses
+    samples = ref.sample((4,))  # [4, B, A]
+    x_k = ref.transforms[0]._cached_x_y[0].transpose(0, 1)  # pre-tanh, [B, 4, A]
+    batched = pmoe_sac.mixture_log_prob(x_k, mix_logits[:, None], mean[:, None], log_std[:, None], scale)
+    assert torch.allclose(batched, ref.log_prob(samples).T, atol=1e-3)
     # K = 1: the mixture density is exactly (bit for bit) the single expert's density
     one = pmoe_sac.mixture_log_prob(x_t, mix_logits[:, :1], mean[:, :1], log_std[:, :1], scale)
     assert torch.equal(one, pmoe_sac.tanh_gaussian_log_prob(x_t, mean[:, 0], log_std[:, 0], scale))
@@ -175,6 +180,32 @@ def test_actor_heads_split_into_experts_and_log_std_is_bounded():
     assert torch.allclose(log_std[..., 1], torch.tensor(-1.5))  # the midpoint of [-5, 2]
 
 
+def test_get_action_density_is_the_acting_experts_own_or_the_mixtures():
+    """get_action acts with one expert z per row; its log-prob is z's own density by default (PMOE's target) and the
+    mixture's with mixture_logp=True (the baselines'). float64, B = 6, K = 3."""
+    torch.manual_seed(15)
+    actor, obs = pmoe_sac.Actor(spaces(), 3).double(), torch.randn(6, 5, dtype=torch.float64)
+    mix_logits, means, log_stds = actor(obs)
+    rows = torch.arange(6)
+    for mixture_logp in (False, True):
+        torch.manual_seed(16)
+        action, log_prob, mean_action, z = actor.get_action(obs, **({"mixture_logp": True} if mixture_logp else {}))
+        if mixture_logp:
+            base = MixtureSameFamily(Categorical(logits=mix_logits), Independent(Normal(means, log_stds.exp()), 1))
+        else:
+            base = Independent(Normal(means[rows, z], log_stds[rows, z].exp()), 1)
+        ref = squashed(base, actor.action_scale, actor.action_bias)
+        assert torch.allclose(log_prob[:, 0], ref.log_prob(action), atol=1e-4)
+        assert torch.allclose(mean_action, actor.squash(means[rows, z]))
+    assert len(set(z.tolist())) > 1
+    with torch.no_grad():  # saturated tanh: CleanRL's +1e-6 keeps the log-density finite where 1 - tanh^2 = 0
+        actor.float().fc_mean.bias.fill_(40.0)
+    _, log_prob, _, _ = actor.get_action(obs.float())
+    assert torch.isfinite(log_prob).all()
+    saturated = pmoe_sac.tanh_gaussian_log_prob(torch.full((2, 3), 40.0), torch.zeros(2, 3), torch.zeros(2, 3), 1.0)
+    assert torch.isfinite(saturated).all()
+
+
 def test_sample_expert_draws_from_the_routing_weights():
     """Gumbel-max against the softmax it should sample from: 40k draws per row, B = 4 rows, K = 3."""
     torch.manual_seed(2)
@@ -198,9 +229,9 @@ def test_min_q_pairs_each_state_with_its_own_experts_actions():
             assert torch.allclose(ours[b, k], torch.minimum(q1, q2)[0, 0], atol=1e-6), (b, k)
 
 
-def test_pmoe_estimator_trains_the_best_expert_and_routes_toward_it():
-    actor, qf1, qf2, obs = stub_problem(seed=4)
-    B, K = actor.means.shape[:2]
+@pytest.mark.parametrize("B, K, A", [(6, 4, 2), (8, 2, 1)])  # K = 2 and 1-D actions are scored too
+def test_pmoe_estimator_trains_the_best_expert_and_routes_toward_it(B, K, A):
+    actor, qf1, qf2, obs = stub_problem(seed=4, B=B, K=K, A=A)
     pi, log_pi, route_loss, k = pmoe_sac.pmoe_estimator(actor, qf1, qf2, obs)
     # k*: the expert whose (near-deterministic) action the closed-form critics rate best
     means = actor.squash(actor.means).detach().numpy()
