@@ -129,14 +129,14 @@ def validate(args):
         fail(f"--eval-episodes {args.eval_episodes} must be >= 1")
     if args.eval_only and not (args.model_path and os.path.isfile(args.model_path)):
         fail(f"--model-path {args.model_path!r} is not a file: pass the .cleanrl_model written by --save-model")
-    if args.eval_only:
-        return  # env id and sizes come from the checkpoint
-    if args.num_experts < 1:
-        fail(f"--num-experts {args.num_experts} must be >= 1 (1 = plain PPO)")
     if min(args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs) < 1:
         fail("--num-envs, --num-steps, --num-minibatches and --update-epochs must all be >= 1")
     if args.batch_size % args.num_minibatches:
         fail(f"--num-minibatches {args.num_minibatches} must divide num_envs*num_steps={args.batch_size}")
+    if args.eval_only:
+        return  # the env id and the architecture come from the checkpoint
+    if args.num_experts < 1:
+        fail(f"--num-experts {args.num_experts} must be >= 1 (1 = plain PPO)")
     if args.total_timesteps < args.batch_size:
         fail(f"--total-timesteps {args.total_timesteps} is below one rollout ({args.batch_size}): raise it")
     try:  # last: making a MuJoCo env is the slow check
@@ -387,10 +387,10 @@ def evaluate(agent, args, obs_rms, eval_expert, device):
 
 def main(args: Args) -> dict:
     args.batch_size = int(args.num_envs * args.num_steps)
-    args.minibatch_size = int(args.batch_size // max(args.num_minibatches, 1))
-    args.num_iterations = args.total_timesteps // args.batch_size
     mujoco.set_mju_user_warning(mujoco_warning)
     validate(args)
+    args.minibatch_size = int(args.batch_size // args.num_minibatches)
+    args.num_iterations = args.total_timesteps // args.batch_size
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if args.track:
         import wandb

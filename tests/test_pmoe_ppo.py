@@ -85,6 +85,37 @@ def test_compute_gae_matches_python_loop_with_episode_boundaries(next_value_shap
     torch.testing.assert_close(returns, expected + values, rtol=1e-5, atol=1e-5)
 
 
+def test_k1_networks_are_cleanrl_ppo_networks():
+    """K=1: the critic and the actor mean are CleanRL's obs -> 64 -> tanh -> 64 -> tanh -> out MLPs, with its
+    orthogonal gains (sqrt 2 hidden, 1.0 value head, 0.01 action head): checked by rebuilding them layer by layer."""
+    torch.manual_seed(14)
+    obs_dim, A = 11, 3
+    agent = pmoe_ppo.Agent(fake_envs(obs_dim, A), 1, "pmoe", use_routing=False)
+    x = torch.randn(8, obs_dim)
+    for net, out_dim, head_gain in [(agent.critic, 1, 1.0), (agent.actor_mean, A, 0.01)]:
+        rebuilt = torch.nn.Sequential(
+            torch.nn.Linear(obs_dim, 64),
+            torch.nn.Tanh(),
+            torch.nn.Linear(64, 64),
+            torch.nn.Tanh(),
+            torch.nn.Linear(64, out_dim),
+        )
+        rebuilt.load_state_dict(net.state_dict())
+        torch.testing.assert_close(net(x), rebuilt(x))
+        for layer, gain in [(rebuilt[0], math.sqrt(2)), (rebuilt[2], math.sqrt(2)), (rebuilt[4], head_gain)]:
+            singular_values = torch.linalg.svdvals(layer.weight.detach())
+            torch.testing.assert_close(singular_values, torch.full_like(singular_values, gain), rtol=1e-4, atol=1e-6)
+            assert layer.bias.abs().max() == 0
+    assert agent.actor_logstd.abs().max() == 0  # sigma = 1 at the start, as CleanRL
+
+
+def test_other_mujoco_warnings_are_still_printed(capsys):
+    pmoe_ppo.mujoco_warning("Nan, Inf or huge value in QACC at DOF 0.")
+    pmoe_ppo.mujoco_warning("compiler attribute 'settotalmass' is deprecated")
+    err = capsys.readouterr().err
+    assert err == "MuJoCo warning: Nan, Inf or huge value in QACC at DOF 0.\n"
+
+
 # ---------------------------------------------------------------- the three policies' densities
 
 
@@ -255,6 +286,23 @@ def test_eval_action_sample_draws_the_expert_from_w():
     torch.testing.assert_close(frequencies, torch.tensor([0.6, 0.3, 0.1]), rtol=0, atol=0.03)
 
 
+def test_rollout_draws_the_expert_from_w_then_samples_its_gaussian():
+    B, K, A = 4000, 3, 1
+    mix_logits = torch.log(torch.tensor([0.5, 0.3, 0.2])).expand(B, K)
+    means = torch.tensor([0.0, 10.0, 20.0]).view(1, K, 1).expand(B, K, A)
+    stds = torch.tensor([0.1, 0.2, 0.4])
+    agent = agent_with_experts("pmoe", mix_logits, means, stds.log().view(1, K, 1).expand(B, K, A))
+    torch.manual_seed(13)
+    action = agent.get_action_and_value(torch.zeros(B, 3))[0].view(-1)
+    expert = torch.round(action / 10).long()  # the experts are 50+ sigmas apart: the nearest mean names the expert
+    torch.testing.assert_close(
+        torch.bincount(expert, minlength=K) / B, torch.tensor([0.5, 0.3, 0.2]), atol=0.03, rtol=0
+    )
+    for k in range(K):
+        offsets = action[expert == k] - 10.0 * k
+        assert abs(offsets.mean().item()) < 0.05 and offsets.std().item() == pytest.approx(stds[k].item(), rel=0.1)
+
+
 # ---------------------------------------------------------------- PPO losses
 
 
@@ -316,18 +364,20 @@ def test_advantage_normalisation_uses_minibatch_mean_and_std():
 
 
 def test_value_clipping_matches_hand_computed_values():
-    """Old value 0, return 1, eps 0.2: 0.5 * max((v - R)^2, (clip(v, -0.2, 0.2) - R)^2), worked by hand."""
-    newvalue = [0.1, 0.5, -0.5, 1.5]
-    # unclipped: 0.81, 0.25, 2.25, 0.25; clipped to 0.1, 0.2, -0.2, 0.2: 0.81, 0.64, 1.44, 0.64; max: .81 .64 2.25 .64
-    expected = 0.5 * (0.81 + 0.64 + 2.25 + 0.64) / 4
-    (loss, _, v_loss, *_), _, value = ppo_loss_with([1.0] * 4, [0.0] * 4, newvalue, [0.0] * 4, [1.0] * 4)
-    assert v_loss.item() == pytest.approx(expected, abs=1e-6)
+    """Old value 2, eps 0.2 (clip interval [1.8, 2.2]): 0.5 * max((v - R)^2, (clip(v) - R)^2), worked by hand."""
+    newvalue = [2.1, 2.5, 1.5, 3.5, 1.5, 2.5]
+    returns = [3.0, 3.0, 3.0, 3.0, 1.0, 1.0]
+    # unclipped: .81 .25 2.25 .25 .25 2.25; clipped v: 2.1 2.2 1.8 2.2 1.8 2.2 -> .81 .64 1.44 .64 .64 1.44
+    expected = 0.5 * (0.81 + 0.64 + 2.25 + 0.64 + 0.64 + 2.25) / 6
+    (loss, _, v_loss, *_), _, value = ppo_loss_with([1.0] * 6, [0.0] * 6, newvalue, [2.0] * 6, returns)
+    assert v_loss.item() == pytest.approx(expected, abs=1e-5)
     v_loss.backward()
-    # the clipped branch wins for rows 2 and 4 and has no gradient; rows 1 and 3 pull v toward R: (v - R) / 4
-    torch.testing.assert_close(value.grad, torch.tensor([-0.9 / 4, 0.0, -1.5 / 4, 0.0]), rtol=1e-5, atol=1e-6)
-    (_, _, unclipped, *_), _, _ = ppo_loss_with([1.0] * 4, [0.0] * 4, newvalue, [0.0] * 4, [1.0] * 4, clip_vloss=False)
-    assert unclipped.item() == pytest.approx(0.5 * (0.81 + 0.25 + 2.25 + 0.25) / 4, abs=1e-6)
-    assert loss.item() == pytest.approx(0.5 * expected, abs=1e-6)  # vf_coef 0.5, zero advantages
+    # where the clipped branch wins it is flat (no gradient); elsewhere v is pulled toward R: (v - R) / 6
+    expected_grad = torch.tensor([-0.9, 0.0, -1.5, 0.0, 0.0, 1.5]) / 6
+    torch.testing.assert_close(value.grad, expected_grad, rtol=1e-4, atol=1e-6)
+    (_, _, unclipped, *_), _, _ = ppo_loss_with([1.0] * 6, [0.0] * 6, newvalue, [2.0] * 6, returns, clip_vloss=False)
+    assert unclipped.item() == pytest.approx(0.5 * (0.81 + 0.25 + 2.25 + 0.25 + 0.25 + 2.25) / 6, abs=1e-5)
+    assert loss.item() == pytest.approx(0.5 * expected, abs=1e-5)  # vf_coef 0.5, zero advantages
 
 
 def test_entropy_bonus_and_kl_statistics():
@@ -566,6 +616,12 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
         (dict(update_epochs=0), "--update-epochs"),
         (dict(num_experts=0), "--num-experts"),
         (dict(eval_episodes=0), "--eval-episodes"),
+        (dict(num_envs=0), "--num-envs"),
+        (dict(num_minibatches=7), "--num-minibatches"),
+        (dict(env_id="CartPole-v1"), "--env-id"),
+        (dict(env_id="NoSuchEnv-v0"), "--env-id"),
+        (dict(eval_only=True, model_path="missing.cleanrl_model"), "--model-path"),
+        (dict(eval_only=True), "--model-path"),
     ],
 )
 def test_bad_args_exit_2_in_process(overrides, flag, capsys):
