@@ -109,6 +109,22 @@ def test_k1_networks_are_cleanrl_ppo_networks():
     assert agent.actor_logstd.abs().max() == 0  # sigma = 1 at the start, as CleanRL
 
 
+def test_q_network_is_a_two_hidden_layer_relu_mlp_on_obs_and_action():
+    torch.manual_seed(15)
+    obs_dim, A = 11, 3
+    q_net = pmoe_ppo.Agent(fake_envs(obs_dim, A), 3, "pmoe", use_routing=True).q_net
+    rebuilt = torch.nn.Sequential(
+        torch.nn.Linear(obs_dim + A, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 1),
+    )
+    rebuilt.load_state_dict(q_net.state_dict())
+    x = torch.randn(8, obs_dim + A)
+    torch.testing.assert_close(q_net(x), rebuilt(x))
+
+
 def test_other_mujoco_warnings_are_still_printed(capsys):
     pmoe_ppo.mujoco_warning("Nan, Inf or huge value in QACC at DOF 0.")
     pmoe_ppo.mujoco_warning("compiler attribute 'settotalmass' is deprecated")
@@ -522,19 +538,20 @@ def test_saved_checkpoint_holds_the_trained_weights(trained):
     assert sorted(moved) == sorted(initial)  # not the freshly initialised agent
 
 
-@pytest.mark.parametrize("policy_type", ["pmoe", "gating", "mcp"])
-def test_run_first_minibatch_ratio_is_one_and_every_parameter_trains(policy_type, tmp_path, monkeypatch):
+@pytest.mark.parametrize("policy_type, num_experts", [("pmoe", 3), ("gating", 3), ("mcp", 3), ("pmoe", 1)])
+def test_run_first_minibatch_ratio_is_one_and_every_parameter_trains(policy_type, num_experts, tmp_path, monkeypatch):
     """One rollout, one epoch, one minibatch: the update recomputes the stored log-probs, so ratio = 1 exactly."""
     monkeypatch.chdir(tmp_path)
     created = spy_agents(monkeypatch)
-    args = dict(TINY, total_timesteps=64, num_minibatches=1, update_epochs=1, eval_episodes=1)
+    args = dict(TINY, total_timesteps=64, num_minibatches=1, update_epochs=1, eval_episodes=1, num_experts=num_experts)
     summary = pmoe_ppo.main(pmoe_ppo.Args(**args, policy_type=policy_type))
     assert abs(summary["losses/old_approx_kl"]) < 1e-6 and abs(summary["losses/approx_kl"]) < 1e-6
     assert summary["losses/clipfrac"] == 0.0
     agent, initial = created[0]
-    assert hasattr(agent, "q_net") == (policy_type == "pmoe")
-    assert (summary["losses/route_loss"] > 0) == (policy_type == "pmoe")
-    assert unchanged_parameters(agent, initial) == []
+    routed = policy_type == "pmoe" and num_experts > 1  # K=1 is CleanRL PPO: no Q-network, no routing loss
+    assert hasattr(agent, "q_net") == routed and (summary["losses/route_loss"] > 0) == routed
+    # with one expert the router's logit cancels in log_softmax: it gets no gradient and rightly stays put
+    assert unchanged_parameters(agent, initial) == ([] if num_experts > 1 else ["router.weight", "router.bias"])
 
 
 def test_mixture_ablation_run_trains_every_parameter_without_q_net(tmp_path, monkeypatch):
@@ -618,8 +635,10 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
         (dict(eval_episodes=0), "--eval-episodes"),
         (dict(num_envs=0), "--num-envs"),
         (dict(num_minibatches=7), "--num-minibatches"),
-        (dict(env_id="CartPole-v1"), "--env-id"),
-        (dict(env_id="NoSuchEnv-v0"), "--env-id"),
+        (dict(env_id="CartPole-v1"), "--env-id CartPole-v1 has a Discrete action space"),
+        (dict(env_id="NoSuchEnv-v0"), "--env-id 'NoSuchEnv-v0' cannot be made (NameNotFound)"),
+        (dict(num_steps=0), "--num-steps"),
+        (dict(num_minibatches=0), "--num-minibatches"),
         (dict(eval_only=True, model_path="missing.cleanrl_model"), "--model-path"),
         (dict(eval_only=True), "--model-path"),
     ],
@@ -627,7 +646,8 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
 def test_bad_args_exit_2_in_process(overrides, flag, capsys):
     with pytest.raises(SystemExit) as exc:
         pmoe_ppo.main(dataclasses.replace(pmoe_ppo.Args(**TINY), **overrides))
-    assert exc.value.code == 2 and flag in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and flag in err and err.startswith("error: --") and err.count("\n") == 1
 
 
 @pytest.mark.parametrize(
