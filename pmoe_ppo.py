@@ -1,7 +1,7 @@
 """PMOE-PPO: PPO with a probabilistic mixture-of-experts policy (Ren et al. 2021, arXiv 2104.09122), a minimal diff
 of CleanRL's cleanrl/ppo_continuous_action.py on gymnasium 1.x, MuJoCo v5 (docs/pmoe_ppo.md: each hunk and why).
 
-    python pmoe_ppo.py                            # PMOE, K=5 experts, HalfCheetah-v5, 1M steps (~15 min on one core)
+    python pmoe_ppo.py                            # PMOE, K=5 experts, HalfCheetah-v5, CleanRL's 1M steps
     python pmoe_ppo.py --num-experts 1            # plain CleanRL PPO on the same code path
     python pmoe_ppo.py --policy-type mcp          # the paper's MoE baselines: --policy-type gating or mcp
     python pmoe_ppo.py --eval-only --model-path runs/<run_name>/pmoe_ppo.cleanrl_model
