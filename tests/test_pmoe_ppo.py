@@ -589,9 +589,18 @@ def test_evaluate_freezes_the_given_observation_statistics(trained, monkeypatch)
         return wrapper
 
     monkeypatch.setattr(pmoe_ppo, "find_wrapper", spy_find_wrapper)
+    rules = []
+    original_action = agent.get_eval_action
+
+    def spy_eval_action(x, eval_expert):
+        rules.append(eval_expert)
+        return original_action(x, eval_expert)
+
+    monkeypatch.setattr(agent, "get_eval_action", spy_eval_action)
     args = pmoe_ppo.Args(**TINY, eval_episodes=2)
     returns = pmoe_ppo.evaluate(agent, args, stats, "argmax", torch.device("cpu"))
-    assert len(returns) >= 2 and all(math.isfinite(r) for r in returns)
+    assert len(returns) == 2 and all(math.isfinite(r) for r in returns)  # one env: episodes end one at a time
+    assert set(rules) == {"argmax"}
     rms = seen[0].obs_rms
     np.testing.assert_array_equal(rms.mean, stats["mean"].numpy())
     np.testing.assert_array_equal(rms.var, stats["var"].numpy())
