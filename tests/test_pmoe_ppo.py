@@ -13,7 +13,6 @@ import sys
 from types import SimpleNamespace
 
 import gymnasium as gym
-import imageio_ffmpeg
 import mujoco
 import numpy as np
 import pytest
@@ -694,6 +693,8 @@ def test_subprocess_capture_video_records_an_mp4_of_the_first_episode(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    import imageio_ffmpeg  # moviepy's ffmpeg binding, installed with moviepy (RecordVideo needs moviepy)
+
     (run_dir,) = glob.glob(str(tmp_path / "videos" / "Hopper-v5__pmoe_ppo__1__*"))
     first = os.path.join(run_dir, "rl-video-episode-0.mp4")
     frames, seconds = imageio_ffmpeg.count_frames_and_secs(first)
