@@ -42,6 +42,20 @@ def fake_envs(obs_dim, act_dim):  # what Agent reads from a vector env
     )
 
 
+def test_make_env_clips_normalised_observations_and_rewards_to_10():
+    """CleanRL's wrappers: normalised observations and rewards are clipped to [-10, 10]; the reward normaliser uses
+    the run's gamma. The clip functions are the wrappers' own `func`."""
+    env = pmoe_ppo.make_env("Hopper-v5", 1, False, "unused", 0.9)()
+    assert pmoe_ppo.find_wrapper(env, gym.wrappers.NormalizeReward).gamma == 0.9
+    clip_obs = pmoe_ppo.find_wrapper(env, gym.wrappers.TransformObservation).func
+    clip_reward = pmoe_ppo.find_wrapper(env, gym.wrappers.TransformReward).func
+    values = np.array([-1e6, -10.5, -3.0, 0.0, 4.0, 10.5, 1e6])
+    clipped = np.array([-10.0, -10.0, -3.0, 0.0, 4.0, 10.0, 10.0])
+    np.testing.assert_array_equal(clip_obs(values), clipped)
+    np.testing.assert_array_equal([clip_reward(v) for v in values], clipped)
+    env.close()
+
+
 # ---------------------------------------------------------------- GAE
 
 
