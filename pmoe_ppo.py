@@ -1,7 +1,7 @@
 """PMOE-PPO: PPO with a probabilistic mixture-of-experts policy (Ren et al. 2021, arXiv 2104.09122), a minimal diff
 of CleanRL's cleanrl/ppo_continuous_action.py on gymnasium 1.x, MuJoCo v5 (docs/pmoe_ppo.md: each hunk and why).
 
-    python pmoe_ppo.py                            # PMOE, K=5 experts, HalfCheetah-v5, 1M steps (~15 min on one core)
+    python pmoe_ppo.py                            # PMOE, K=5 experts, HalfCheetah-v5, CleanRL's 1M steps
     python pmoe_ppo.py --num-experts 1            # plain CleanRL PPO on the same code path
     python pmoe_ppo.py --policy-type mcp          # the paper's MoE baselines: --policy-type gating or mcp
     python pmoe_ppo.py --eval-only --model-path runs/<run_name>/pmoe_ppo.cleanrl_model
@@ -129,14 +129,14 @@ def validate(args):
         fail(f"--eval-episodes {args.eval_episodes} must be >= 1")
     if args.eval_only and not (args.model_path and os.path.isfile(args.model_path)):
         fail(f"--model-path {args.model_path!r} is not a file: pass the .cleanrl_model written by --save-model")
-    if args.eval_only:
-        return  # env id and sizes come from the checkpoint
-    if args.num_experts < 1:
-        fail(f"--num-experts {args.num_experts} must be >= 1 (1 = plain PPO)")
     if min(args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs) < 1:
         fail("--num-envs, --num-steps, --num-minibatches and --update-epochs must all be >= 1")
     if args.batch_size % args.num_minibatches:
         fail(f"--num-minibatches {args.num_minibatches} must divide num_envs*num_steps={args.batch_size}")
+    if args.eval_only:
+        return  # the env id and the architecture come from the checkpoint
+    if args.num_experts < 1:
+        fail(f"--num-experts {args.num_experts} must be >= 1 (1 = plain PPO)")
     if args.total_timesteps < args.batch_size:
         fail(f"--total-timesteps {args.total_timesteps} is below one rollout ({args.batch_size}): raise it")
     try:  # last: making a MuJoCo env is the slow check
@@ -387,10 +387,10 @@ def evaluate(agent, args, obs_rms, eval_expert, device):
 
 def main(args: Args) -> dict:
     args.batch_size = int(args.num_envs * args.num_steps)
-    args.minibatch_size = int(args.batch_size // max(args.num_minibatches, 1))
-    args.num_iterations = args.total_timesteps // args.batch_size
     mujoco.set_mju_user_warning(mujoco_warning)
     validate(args)
+    args.minibatch_size = int(args.batch_size // args.num_minibatches)
+    args.num_iterations = args.total_timesteps // args.batch_size
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if args.track:
         import wandb

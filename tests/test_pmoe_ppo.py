@@ -13,7 +13,6 @@ import sys
 from types import SimpleNamespace
 
 import gymnasium as gym
-import imageio_ffmpeg
 import mujoco
 import numpy as np
 import pytest
@@ -41,6 +40,20 @@ def fake_envs(obs_dim, act_dim):  # what Agent reads from a vector env
         single_observation_space=gym.spaces.Box(-np.inf, np.inf, (obs_dim,)),
         single_action_space=gym.spaces.Box(-1.0, 1.0, (act_dim,)),
     )
+
+
+def test_make_env_clips_normalised_observations_and_rewards_to_10():
+    """CleanRL's wrappers: normalised observations and rewards are clipped to [-10, 10]; the reward normaliser uses
+    the run's gamma. The clip functions are the wrappers' own `func`."""
+    env = pmoe_ppo.make_env("Hopper-v5", 1, False, "unused", 0.9)()
+    assert pmoe_ppo.find_wrapper(env, gym.wrappers.NormalizeReward).gamma == 0.9
+    clip_obs = pmoe_ppo.find_wrapper(env, gym.wrappers.TransformObservation).func
+    clip_reward = pmoe_ppo.find_wrapper(env, gym.wrappers.TransformReward).func
+    values = np.array([-1e6, -10.5, -3.0, 0.0, 4.0, 10.5, 1e6])
+    clipped = np.array([-10.0, -10.0, -3.0, 0.0, 4.0, 10.0, 10.0])
+    np.testing.assert_array_equal(clip_obs(values), clipped)
+    np.testing.assert_array_equal([clip_reward(v) for v in values], clipped)
+    env.close()
 
 
 # ---------------------------------------------------------------- GAE
@@ -83,6 +96,53 @@ def test_compute_gae_matches_python_loop_with_episode_boundaries(next_value_shap
     advantages, returns = pmoe_ppo.compute_gae(rewards, values, dones, bootstrap, next_done, args)
     torch.testing.assert_close(advantages, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(returns, expected + values, rtol=1e-5, atol=1e-5)
+
+
+def test_k1_networks_are_cleanrl_ppo_networks():
+    """K=1: the critic and the actor mean are CleanRL's obs -> 64 -> tanh -> 64 -> tanh -> out MLPs, with its
+    orthogonal gains (sqrt 2 hidden, 1.0 value head, 0.01 action head): checked by rebuilding them layer by layer."""
+    torch.manual_seed(14)
+    obs_dim, A = 11, 3
+    agent = pmoe_ppo.Agent(fake_envs(obs_dim, A), 1, "pmoe", use_routing=False)
+    x = torch.randn(8, obs_dim)
+    for net, out_dim, head_gain in [(agent.critic, 1, 1.0), (agent.actor_mean, A, 0.01)]:
+        rebuilt = torch.nn.Sequential(
+            torch.nn.Linear(obs_dim, 64),
+            torch.nn.Tanh(),
+            torch.nn.Linear(64, 64),
+            torch.nn.Tanh(),
+            torch.nn.Linear(64, out_dim),
+        )
+        rebuilt.load_state_dict(net.state_dict())
+        torch.testing.assert_close(net(x), rebuilt(x))
+        for layer, gain in [(rebuilt[0], math.sqrt(2)), (rebuilt[2], math.sqrt(2)), (rebuilt[4], head_gain)]:
+            singular_values = torch.linalg.svdvals(layer.weight.detach())
+            torch.testing.assert_close(singular_values, torch.full_like(singular_values, gain), rtol=1e-4, atol=1e-6)
+            assert layer.bias.abs().max() == 0
+    assert agent.actor_logstd.abs().max() == 0  # sigma = 1 at the start, as CleanRL
+
+
+def test_q_network_is_a_two_hidden_layer_relu_mlp_on_obs_and_action():
+    torch.manual_seed(15)
+    obs_dim, A = 11, 3
+    q_net = pmoe_ppo.Agent(fake_envs(obs_dim, A), 3, "pmoe", use_routing=True).q_net
+    rebuilt = torch.nn.Sequential(
+        torch.nn.Linear(obs_dim + A, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 1),
+    )
+    rebuilt.load_state_dict(q_net.state_dict())
+    x = torch.randn(8, obs_dim + A)
+    torch.testing.assert_close(q_net(x), rebuilt(x))
+
+
+def test_other_mujoco_warnings_are_still_printed(capsys):
+    pmoe_ppo.mujoco_warning("Nan, Inf or huge value in QACC at DOF 0.")
+    pmoe_ppo.mujoco_warning("compiler attribute 'settotalmass' is deprecated")
+    err = capsys.readouterr().err
+    assert err == "MuJoCo warning: Nan, Inf or huge value in QACC at DOF 0.\n"
 
 
 # ---------------------------------------------------------------- the three policies' densities
@@ -255,6 +315,23 @@ def test_eval_action_sample_draws_the_expert_from_w():
     torch.testing.assert_close(frequencies, torch.tensor([0.6, 0.3, 0.1]), rtol=0, atol=0.03)
 
 
+def test_rollout_draws_the_expert_from_w_then_samples_its_gaussian():
+    B, K, A = 4000, 3, 1
+    mix_logits = torch.log(torch.tensor([0.5, 0.3, 0.2])).expand(B, K)
+    means = torch.tensor([0.0, 10.0, 20.0]).view(1, K, 1).expand(B, K, A)
+    stds = torch.tensor([0.1, 0.2, 0.4])
+    agent = agent_with_experts("pmoe", mix_logits, means, stds.log().view(1, K, 1).expand(B, K, A))
+    torch.manual_seed(13)
+    action = agent.get_action_and_value(torch.zeros(B, 3))[0].view(-1)
+    expert = torch.round(action / 10).long()  # the experts are 50+ sigmas apart: the nearest mean names the expert
+    torch.testing.assert_close(
+        torch.bincount(expert, minlength=K) / B, torch.tensor([0.5, 0.3, 0.2]), atol=0.03, rtol=0
+    )
+    for k in range(K):
+        offsets = action[expert == k] - 10.0 * k
+        assert abs(offsets.mean().item()) < 0.05 and offsets.std().item() == pytest.approx(stds[k].item(), rel=0.1)
+
+
 # ---------------------------------------------------------------- PPO losses
 
 
@@ -316,18 +393,20 @@ def test_advantage_normalisation_uses_minibatch_mean_and_std():
 
 
 def test_value_clipping_matches_hand_computed_values():
-    """Old value 0, return 1, eps 0.2: 0.5 * max((v - R)^2, (clip(v, -0.2, 0.2) - R)^2), worked by hand."""
-    newvalue = [0.1, 0.5, -0.5, 1.5]
-    # unclipped: 0.81, 0.25, 2.25, 0.25; clipped to 0.1, 0.2, -0.2, 0.2: 0.81, 0.64, 1.44, 0.64; max: .81 .64 2.25 .64
-    expected = 0.5 * (0.81 + 0.64 + 2.25 + 0.64) / 4
-    (loss, _, v_loss, *_), _, value = ppo_loss_with([1.0] * 4, [0.0] * 4, newvalue, [0.0] * 4, [1.0] * 4)
-    assert v_loss.item() == pytest.approx(expected, abs=1e-6)
+    """Old value 2, eps 0.2 (clip interval [1.8, 2.2]): 0.5 * max((v - R)^2, (clip(v) - R)^2), worked by hand."""
+    newvalue = [2.1, 2.5, 1.5, 3.5, 1.5, 2.5]
+    returns = [3.0, 3.0, 3.0, 3.0, 1.0, 1.0]
+    # unclipped: .81 .25 2.25 .25 .25 2.25; clipped v: 2.1 2.2 1.8 2.2 1.8 2.2 -> .81 .64 1.44 .64 .64 1.44
+    expected = 0.5 * (0.81 + 0.64 + 2.25 + 0.64 + 0.64 + 2.25) / 6
+    (loss, _, v_loss, *_), _, value = ppo_loss_with([1.0] * 6, [0.0] * 6, newvalue, [2.0] * 6, returns)
+    assert v_loss.item() == pytest.approx(expected, abs=1e-5)
     v_loss.backward()
-    # the clipped branch wins for rows 2 and 4 and has no gradient; rows 1 and 3 pull v toward R: (v - R) / 4
-    torch.testing.assert_close(value.grad, torch.tensor([-0.9 / 4, 0.0, -1.5 / 4, 0.0]), rtol=1e-5, atol=1e-6)
-    (_, _, unclipped, *_), _, _ = ppo_loss_with([1.0] * 4, [0.0] * 4, newvalue, [0.0] * 4, [1.0] * 4, clip_vloss=False)
-    assert unclipped.item() == pytest.approx(0.5 * (0.81 + 0.25 + 2.25 + 0.25) / 4, abs=1e-6)
-    assert loss.item() == pytest.approx(0.5 * expected, abs=1e-6)  # vf_coef 0.5, zero advantages
+    # where the clipped branch wins it is flat (no gradient); elsewhere v is pulled toward R: (v - R) / 6
+    expected_grad = torch.tensor([-0.9, 0.0, -1.5, 0.0, 0.0, 1.5]) / 6
+    torch.testing.assert_close(value.grad, expected_grad, rtol=1e-4, atol=1e-6)
+    (_, _, unclipped, *_), _, _ = ppo_loss_with([1.0] * 6, [0.0] * 6, newvalue, [2.0] * 6, returns, clip_vloss=False)
+    assert unclipped.item() == pytest.approx(0.5 * (0.81 + 0.25 + 2.25 + 0.25 + 0.25 + 2.25) / 6, abs=1e-5)
+    assert loss.item() == pytest.approx(0.5 * expected, abs=1e-5)  # vf_coef 0.5, zero advantages
 
 
 def test_entropy_bonus_and_kl_statistics():
@@ -472,19 +551,20 @@ def test_saved_checkpoint_holds_the_trained_weights(trained):
     assert sorted(moved) == sorted(initial)  # not the freshly initialised agent
 
 
-@pytest.mark.parametrize("policy_type", ["pmoe", "gating", "mcp"])
-def test_run_first_minibatch_ratio_is_one_and_every_parameter_trains(policy_type, tmp_path, monkeypatch):
+@pytest.mark.parametrize("policy_type, num_experts", [("pmoe", 3), ("gating", 3), ("mcp", 3), ("pmoe", 1)])
+def test_run_first_minibatch_ratio_is_one_and_every_parameter_trains(policy_type, num_experts, tmp_path, monkeypatch):
     """One rollout, one epoch, one minibatch: the update recomputes the stored log-probs, so ratio = 1 exactly."""
     monkeypatch.chdir(tmp_path)
     created = spy_agents(monkeypatch)
-    args = dict(TINY, total_timesteps=64, num_minibatches=1, update_epochs=1, eval_episodes=1)
+    args = dict(TINY, total_timesteps=64, num_minibatches=1, update_epochs=1, eval_episodes=1, num_experts=num_experts)
     summary = pmoe_ppo.main(pmoe_ppo.Args(**args, policy_type=policy_type))
     assert abs(summary["losses/old_approx_kl"]) < 1e-6 and abs(summary["losses/approx_kl"]) < 1e-6
     assert summary["losses/clipfrac"] == 0.0
     agent, initial = created[0]
-    assert hasattr(agent, "q_net") == (policy_type == "pmoe")
-    assert (summary["losses/route_loss"] > 0) == (policy_type == "pmoe")
-    assert unchanged_parameters(agent, initial) == []
+    routed = policy_type == "pmoe" and num_experts > 1  # K=1 is CleanRL PPO: no Q-network, no routing loss
+    assert hasattr(agent, "q_net") == routed and (summary["losses/route_loss"] > 0) == routed
+    # with one expert the router's logit cancels in log_softmax: it gets no gradient and rightly stays put
+    assert unchanged_parameters(agent, initial) == ([] if num_experts > 1 else ["router.weight", "router.bias"])
 
 
 def test_mixture_ablation_run_trains_every_parameter_without_q_net(tmp_path, monkeypatch):
@@ -522,9 +602,18 @@ def test_evaluate_freezes_the_given_observation_statistics(trained, monkeypatch)
         return wrapper
 
     monkeypatch.setattr(pmoe_ppo, "find_wrapper", spy_find_wrapper)
+    rules = []
+    original_action = agent.get_eval_action
+
+    def spy_eval_action(x, eval_expert):
+        rules.append(eval_expert)
+        return original_action(x, eval_expert)
+
+    monkeypatch.setattr(agent, "get_eval_action", spy_eval_action)
     args = pmoe_ppo.Args(**TINY, eval_episodes=2)
     returns = pmoe_ppo.evaluate(agent, args, stats, "argmax", torch.device("cpu"))
-    assert len(returns) >= 2 and all(math.isfinite(r) for r in returns)
+    assert len(returns) == 2 and all(math.isfinite(r) for r in returns)  # one env: episodes end one at a time
+    assert set(rules) == {"argmax"}
     rms = seen[0].obs_rms
     np.testing.assert_array_equal(rms.mean, stats["mean"].numpy())
     np.testing.assert_array_equal(rms.var, stats["var"].numpy())
@@ -566,12 +655,21 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
         (dict(update_epochs=0), "--update-epochs"),
         (dict(num_experts=0), "--num-experts"),
         (dict(eval_episodes=0), "--eval-episodes"),
+        (dict(num_envs=0), "--num-envs"),
+        (dict(num_minibatches=7), "--num-minibatches"),
+        (dict(env_id="CartPole-v1"), "--env-id CartPole-v1 has a Discrete action space"),
+        (dict(env_id="NoSuchEnv-v0"), "--env-id 'NoSuchEnv-v0' cannot be made (NameNotFound)"),
+        (dict(num_steps=0), "--num-steps"),
+        (dict(num_minibatches=0), "--num-minibatches"),
+        (dict(eval_only=True, model_path="missing.cleanrl_model"), "--model-path"),
+        (dict(eval_only=True), "--model-path"),
     ],
 )
 def test_bad_args_exit_2_in_process(overrides, flag, capsys):
     with pytest.raises(SystemExit) as exc:
         pmoe_ppo.main(dataclasses.replace(pmoe_ppo.Args(**TINY), **overrides))
-    assert exc.value.code == 2 and flag in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and flag in err and err.startswith("error: --") and err.count("\n") == 1
 
 
 @pytest.mark.parametrize(
@@ -609,6 +707,8 @@ def test_subprocess_capture_video_records_an_mp4_of_the_first_episode(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    import imageio_ffmpeg  # moviepy's ffmpeg binding, installed with moviepy (RecordVideo needs moviepy)
+
     (run_dir,) = glob.glob(str(tmp_path / "videos" / "Hopper-v5__pmoe_ppo__1__*"))
     first = os.path.join(run_dir, "rl-video-episode-0.mp4")
     frames, seconds = imageio_ffmpeg.count_frames_and_secs(first)
