@@ -687,6 +687,66 @@ def test_decode_cuts_at_the_mask_and_split_batch_slices_every_tensor():
     assert torch.equal(parts[1]["advantages"], torch.tensor([4.0, 5, 6, 7]))
 
 
+@pytest.mark.parametrize(
+    "spelling,gold,expected",
+    [  # one case per Hendrycks normalisation rule, each needing that rule
+        ("\\left(1,2\\right)", "(1,2)", 1.0),
+        ("90^{\\circ}", "90", 1.0),
+        ("\\$5", "5", 1.0),
+        ("$5$", "5", 1.0),
+        ("10\\%", "10", 1.0),
+        ("10%", "10", 1.0),
+        ("1\n2", "12", 1.0),
+        ("1\\!000", "1000", 1.0),
+        ("\\\\frac{1}{2}", "\\frac{1}{2}", 1.0),
+        ("\\tfrac{1}{2}", "\\frac{1}{2}", 1.0),
+        (".5", "\\frac{1}{2}", 1.0),
+        ("\\frac{.5}{2}", "\\frac{0.5}{2}", 1.0),
+        ("x .5", "x 0.5", 1.0),
+        ("\\frac1{2}", "\\frac{1}{2}", 1.0),
+        ("\\frac{1}2", "\\frac{1}{2}", 1.0),
+        ("5 \\text{ Cm}", "5", 1.0),
+        ("xy = 5", "5", 1.0),
+        ("abc = 5", "5", 0.0),  # only a short left-hand side (<= 2 characters) is dropped
+        ("(1,2)", "(12)", 0.0),  # commas go only inside a thousands-separated number
+    ],
+)
+def test_rule_normalisation_per_rule(spelling, gold, expected):
+    assert M.math_reward(f"\\boxed{{{spelling}}}", gold) == expected
+
+
+def test_pad_right_and_batched_generation_equal_one_row_at_a_time(tmp_path):
+    x = torch.arange(24.0).view(2, 3, 4)
+    padded = M.pad_right(x, 5)
+    assert padded.shape == (2, 5, 4) and torch.equal(padded[:, :3], x) and (padded[:, 3:] == 0).all()
+    model = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=40,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).eval()
+    tok = SimpleNamespace(pad_token_id=0)
+    torch.manual_seed(0)
+    rows = [{"prompt_ids": torch.randint(1, 40, (n,)).tolist()} for n in (3, 7, 5, 2)]  # different lengths
+    greedy = dict(SAMPLING, temperature=0.0)
+    stop = torch.tensor([39])
+    together = M.generate(model, tok, rows, 3, 6, stop, None, **greedy)  # left-padded, chunks of 3 and 1
+    for b, row in enumerate(rows):  # alone: no padding at all
+        alone = M.generate(model, tok, [row], 1, 6, stop, None, **greedy)["completion_ids"][0]
+        assert torch.equal(together["completion_ids"][b, : len(alone)], alone), b  # alone it may stop sooner
+    # the run's generator, not torch's global RNG, decides the samples
+    sampled = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        out = M.generate(model, tok, rows, 3, 6, stop, torch.Generator().manual_seed(7), **SAMPLING)
+        sampled.append(out["completion_ids"])
+    assert torch.equal(sampled[0], sampled[1])
+
+
 class ScriptedModel(torch.nn.Module):
     """A stand-in causal LM: at decode step s, row b's logits put +20 on script[b][s] and 0 elsewhere.
     Records the position id of the newest input at every call."""
