@@ -517,20 +517,21 @@ def test_grade_gives_pass_at_k_for_n_not_a_power_of_two():
 
 
 def test_clipped_surrogate_and_dual_clip_on_a_batch():
-    # seven rows, one valid token each (the second is masked out), the defaults eps 0.2, c = 3; by hand:
+    # nine rows, one valid token each (the second is masked out), the defaults eps 0.2, c = 3; by hand:
     # (A, ratio) = (2, 10): max(-20, -2.4) = -2.4;  (-2, 10): min(max(20, 2.4), 6) = 6;  (-2, 0.5): max(1, 1.6) = 1.6;
-    # (1, 0.5): max(-0.5, -0.8) = -0.5;  (-1, 1): 1;  (0.5, 0.5): max(-0.25, -0.4) = -0.25;  (0, 10): 0
-    adv = torch.tensor([2.0, -2.0, -2.0, 1.0, -1.0, 0.5, 0.0])
-    ratio = torch.tensor([10.0, 10.0, 0.5, 0.5, 1.0, 0.5, 10.0])
-    logp = torch.stack([ratio.log(), torch.zeros(7)], 1)  # [7, 2]
-    mask = torch.tensor([[1, 0]] * 7)
-    loss, st = M.grpo_loss(logp, torch.zeros(7, 2), None, adv, mask)
-    torch.testing.assert_close(loss, torch.tensor((-2.4 + 6 + 1.6 - 0.5 + 1 - 0.25 + 0) / 7))
-    assert math.isclose(st["clip_ratio/region_mean"].item(), 2 / 7, rel_tol=1e-6)  # rows 0 and 2 are clipped
-    loss, _ = M.grpo_loss(logp, torch.zeros(7, 2), None, adv, mask, clip_eps_high=0.28)
-    torch.testing.assert_close(loss, torch.tensor((-2.56 + 6 + 1.6 - 0.5 + 1 - 0.25 + 0) / 7))  # clip-higher: 1.28
-    one = torch.tensor([[1, 0]] + [[0, 0]] * 6)  # a single valid token in the batch: its own loss
-    torch.testing.assert_close(M.grpo_loss(logp, torch.zeros(7, 2), None, adv, one)[0], torch.tensor(-2.4))
+    # (1, 0.5): max(-0.5, -0.8) = -0.5;  (-1, 1): 1;  (0.5, 0.5): max(-0.25, -0.4) = -0.25;  (0, 10), (0, 0.5): 0;
+    # (1, 1.5): max(-1.5, -1.2) = -1.2. Clipped region (A > 0 and ratio > 1.2, or A < 0 and ratio < 0.8): rows 0, 2, 8
+    adv = torch.tensor([2.0, -2.0, -2.0, 1.0, -1.0, 0.5, 0.0, 0.0, 1.0])
+    ratio = torch.tensor([10.0, 10.0, 0.5, 0.5, 1.0, 0.5, 10.0, 0.5, 1.5])
+    logp = torch.stack([ratio.log(), torch.zeros(9)], 1)  # [9, 2]
+    mask = torch.tensor([[1, 0]] * 9)
+    loss, st = M.grpo_loss(logp, torch.zeros(9, 2), None, adv, mask)
+    torch.testing.assert_close(loss, torch.tensor((-2.4 + 6 + 1.6 - 0.5 + 1 - 0.25 + 0 + 0 - 1.2) / 9))
+    assert math.isclose(st["clip_ratio/region_mean"].item(), 3 / 9, rel_tol=1e-6)
+    loss, _ = M.grpo_loss(logp, torch.zeros(9, 2), None, adv, mask, clip_eps_high=0.28)  # clip-higher: 1.28
+    torch.testing.assert_close(loss, torch.tensor((-2.56 + 6 + 1.6 - 0.5 + 1 - 0.25 + 0 + 0 - 1.28) / 9))
+    one = torch.tensor([[1, 0]] + [[0, 0]] * 8)  # a single valid token in the batch: its own loss
+    torch.testing.assert_close(M.grpo_loss(logp, torch.zeros(9, 2), None, adv, one)[0], torch.tensor(-2.4))
 
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
