@@ -4,7 +4,7 @@ A minimal diff of `discrete_grpo.py`: while a row thinks, each step feeds the mo
 its top-k token embeddings instead of one token, until the emitted token is `</think>`; a soft position is scored
 with the Gumbel log-density of its stored perturbed logits (the paper's Gumbel reparameterisation), answer tokens
 as in the parent; the GRPO loss is the parent's, unchanged. Reading map and notes: docs/sofT_grpo.md.
-    python sofT_grpo.py                                   # toy task + tiny model: CPU minutes (benchmarks/)
+    python sofT_grpo.py                                   # toy task + tiny model on a CPU (time: benchmarks/)
     python sofT_grpo.py --preset r1-distill-qwen-1.5b     # the paper's setting, one GPU
     python sofT_grpo.py --preset r1-distill-qwen-1.5b --model-name-or-path ./ckpt --eval-only  # paper's soft evals
     python sofT_grpo.py --noise dirichlet                 # the paper's noise ablation (--tau-g does not apply)

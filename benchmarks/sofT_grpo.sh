@@ -5,6 +5,7 @@
 #   bash benchmarks/sofT_grpo.sh grid    # every trained model under every decoding: discrete CoT and the 3 soft settings
 #   bash benchmarks/sofT_grpo.sh report  # Pass@k table (grpo_report.py): every model x decoding
 #   bash benchmarks/sofT_grpo.sh tests   # wall time of tests/test_sofT_grpo.py
+#   bash benchmarks/sofT_grpo.sh time    # wall and CPU time of the default run, `python sofT_grpo.py`
 # Runs and logs land in benchmarks/runs/ (gitignored). Each run ends with a "SUMMARY {json}" line (main()'s summary).
 # Needs only the README's install (`python` with requirements.txt); activate your own environment first if you use one.
 set -euo pipefail
@@ -84,6 +85,10 @@ order = ["base", "discrete GRPO", "SofT-GRPO"]
 print(grpo_report.markdown_table(sorted(rows, key=lambda r: order.index(r["model"])), ["model", "decoding", "script"]))
 EOF
     ;;&
+  time)  # not part of `all`: the default run, timed (the toy base model is built first if it is not cached)
+    cd .. && /usr/bin/time -v python sofT_grpo.py --output-dir benchmarks/runs/sofT_default 2>&1 | tee benchmarks/runs/sofT_default.log \
+      | grep -E "eval step|Elapsed|User time|System time"
+    ;;
   tests|all)
     cd .. && /usr/bin/time -f "tests/test_sofT_grpo.py wall %e s" python -m pytest -q tests/test_sofT_grpo.py
     ;;

@@ -141,6 +141,19 @@ def test_sample_step_filters_against_brute_force():
             chi2 = ((counts[kept] - n * expected[kept]) ** 2 / (n * expected[kept])).sum().item()
             assert chi2 < 26.2, (temperature, top_k, top_p, b)  # chi-square, <= 7 degrees of freedom, p = 0.001
     assert torch.equal(dg.sample_step(logits, embed, None, 0.0, 5, 0.5)[0], logits.argmax(-1))  # T = 0: greedy
+    untied = logits[[0, 1, 3]]  # row 2 has two equal largest logits, which top-k 1 keeps both of
+    top1 = dg.sample_step(untied.repeat(50, 1), embed, torch.Generator().manual_seed(0), 1.0, 1, 1.0)[0]
+    assert torch.equal(top1, untied.argmax(-1).repeat(50))  # top-k 1 is greedy too
+    seen = torch.zeros(4, 8, dtype=torch.bool)  # top-k 6 on a batch of 4 rows: 6 ids per row, not min(6, B) = 4
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(400):
+        tok = dg.sample_step(logits, embed, gen, 2.0, 6, 1.0)[0]
+        seen[torch.arange(4), tok] = True
+    assert (seen.sum(1) == 6).all()
+    torch.manual_seed(5)  # the generator, not the global RNG, decides the draw
+    first = dg.sample_step(logits, embed, torch.Generator().manual_seed(3), 1.0, 0, 1.0)[0]
+    torch.manual_seed(6)
+    assert torch.equal(first, dg.sample_step(logits, embed, torch.Generator().manual_seed(3), 1.0, 0, 1.0)[0])
 
 
 def test_token_logprobs_against_each_unpadded_row(tmp_path):
@@ -425,13 +438,14 @@ def test_non_finite_loss_stops_with_a_message(tmp_path, cache, monkeypatch):
 # ---- the pure helpers this script carries, against independent references (B >= 4) ------------------------
 def test_group_advantages_are_centred_and_scaled_per_group():
     torch.manual_seed(0)
-    rewards = torch.tensor([1.0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0.5, 0.2, 0.9, 0.4])  # 5 groups of 4
+    # 6 groups of 4; the last one has a spread of 1e-5, where the + 1e-6 in the denominator shows
+    rewards = torch.tensor([1.0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0.5, 0.2, 0.9, 0.4, 0, 0, 0, 1e-5])
     got, got_dr = M.group_advantages(rewards, 4).tolist(), M.group_advantages(rewards, 4, scale=False).tolist()
-    for g in range(5):
+    for g in range(6):
         r = rewards[4 * g : 4 * g + 4].tolist()
         mean, std = statistics.mean(r), statistics.stdev(r)  # verl: unbiased std, eps 1e-6
         for i in range(4):
-            assert math.isclose(got[4 * g + i], (r[i] - mean) / (std + 1e-6), abs_tol=1e-5)
+            assert math.isclose(got[4 * g + i], (r[i] - mean) / (std + 1e-6), rel_tol=1e-4, abs_tol=1e-6)
             assert math.isclose(got_dr[4 * g + i], r[i] - mean, abs_tol=1e-6)
     assert abs(M.group_advantages(torch.tensor([1.0] + [0] * 7), 8).max().item() - 2.4749) < 1e-3  # verl's max, G=8
 
@@ -465,15 +479,21 @@ def test_grade_gives_pass_at_k_for_n_not_a_power_of_two():
 
 
 def test_clipped_surrogate_and_dual_clip_on_a_batch():
-    # four rows of one token: (A, ratio) = (2, 10), (-2, 10), (-2, 0.5), (1, 0.5); eps 0.2, c = 3, by hand:
-    # max(-20, -2.4) = -2.4; min(max(20, 2.4), 6) = 6; min(max(1, 1.6), 6) = 1.6; max(-0.5, -0.8) = -0.5
-    adv = torch.tensor([2.0, -2.0, -2.0, 1.0])
-    logp = torch.log(torch.tensor([[10.0], [10.0], [0.5], [0.5]]))
-    loss, st = M.grpo_loss(logp, torch.zeros(4, 1), None, adv, torch.ones(4, 1), clip_eps=0.2, dual_clip=3.0)
-    torch.testing.assert_close(loss, torch.tensor((-2.4 + 6 + 1.6 - 0.5) / 4))
-    assert st["clip_ratio/region_mean"] == 0.5  # rows 1 and 3 sit in the clipped region
-    loss, _ = M.grpo_loss(logp, torch.zeros(4, 1), None, adv, torch.ones(4, 1), clip_eps=0.2, clip_eps_high=0.28)
-    torch.testing.assert_close(loss, torch.tensor((-2.56 + 6 + 1.6 - 0.5) / 4))  # clip-higher: 2 * 1.28
+    # nine rows, one valid token each (the second is masked out), the defaults eps 0.2, c = 3; by hand:
+    # (A, ratio) = (2, 10): max(-20, -2.4) = -2.4;  (-2, 10): min(max(20, 2.4), 6) = 6;  (-2, 0.5): max(1, 1.6) = 1.6;
+    # (1, 0.5): max(-0.5, -0.8) = -0.5;  (-1, 1): 1;  (0.5, 0.5): max(-0.25, -0.4) = -0.25;  (0, 10), (0, 0.5): 0;
+    # (1, 1.5): max(-1.5, -1.2) = -1.2. Clipped region (A > 0 and ratio > 1.2, or A < 0 and ratio < 0.8): rows 0, 2, 8
+    adv = torch.tensor([2.0, -2.0, -2.0, 1.0, -1.0, 0.5, 0.0, 0.0, 1.0])
+    ratio = torch.tensor([10.0, 10.0, 0.5, 0.5, 1.0, 0.5, 10.0, 0.5, 1.5])
+    logp = torch.stack([ratio.log(), torch.zeros(9)], 1)  # [9, 2]
+    mask = torch.tensor([[1, 0]] * 9)
+    loss, st = M.grpo_loss(logp, torch.zeros(9, 2), None, adv, mask)
+    torch.testing.assert_close(loss, torch.tensor((-2.4 + 6 + 1.6 - 0.5 + 1 - 0.25 + 0 + 0 - 1.2) / 9))
+    assert math.isclose(st["clip_ratio/region_mean"].item(), 3 / 9, rel_tol=1e-6)
+    loss, _ = M.grpo_loss(logp, torch.zeros(9, 2), None, adv, mask, clip_eps_high=0.28)  # clip-higher: 1.28
+    torch.testing.assert_close(loss, torch.tensor((-2.56 + 6 + 1.6 - 0.5 + 1 - 0.25 + 0 + 0 - 1.28) / 9))
+    one = torch.tensor([[1, 0]] + [[0, 0]] * 8)  # a single valid token in the batch: its own loss
+    torch.testing.assert_close(M.grpo_loss(logp, torch.zeros(9, 2), None, adv, one)[0], torch.tensor(-2.4))
 
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
@@ -484,6 +504,7 @@ def test_every_loss_agg_mode(mode):
     mask = torch.tensor([[1] * n + [0] * (T - n) for n in lengths])
     logp = torch.randn(5, T)
     loss, _ = M.grpo_loss(logp, logp, logp, adv, mask, loss_agg_mode=mode, max_len=max_len)
+    no_max_len, _ = M.grpo_loss(logp, logp, logp, adv, mask, loss_agg_mode=mode)  # norm mode: B * T instead
     token_sums = [-a * n for a, n in zip(adv.tolist(), lengths)]
     expected = {
         "token-mean": sum(token_sums) / sum(lengths),
@@ -492,6 +513,8 @@ def test_every_loss_agg_mode(mode):
         "seq-mean-token-sum-norm": sum(token_sums) / (5 * max_len),
     }[mode]
     assert math.isclose(loss.item(), expected, rel_tol=1e-6)
+    scale = max_len / T if mode == "seq-mean-token-sum-norm" else 1.0
+    assert math.isclose(no_max_len.item(), expected * scale, rel_tol=1e-6)
 
 
 def test_k3_kl_is_an_unbiased_estimate_of_the_kl():
@@ -506,10 +529,14 @@ def test_k3_kl_is_an_unbiased_estimate_of_the_kl():
     )
     for b in range(4):
         logp, logp_ref = pi[b].log()[None], pi_ref[b].log()[None]
-        _, st = M.grpo_loss(logp, logp, logp_ref, torch.zeros(1), pi[b][None], beta=0.001)
+        loss, st = M.grpo_loss(logp, logp, logp_ref, torch.zeros(1), pi[b][None], beta=0.5)
         assert math.isclose(st["kl"].item(), exact[b].item(), rel_tol=1e-6)
+        assert math.isclose(loss.item(), 0.5 * exact[b].item(), rel_tol=1e-6)  # + beta * KL, with A = 0
     _, st = M.grpo_loss(logp, logp, logp_ref, torch.zeros(1), pi[3][None], beta=0.0)
     assert st["kl"] == 0  # no reference model: no KL
+    d = torch.tensor([[3.0, 1.0]])  # log pi_ref - log pi: k3 = e^3 - 4 = 16.1 is clamped to 10 (verl), e^1 - 2 is not
+    _, st = M.grpo_loss(torch.zeros(1, 2), torch.zeros(1, 2), d, torch.zeros(1), torch.ones(1, 2), beta=0.1)
+    assert math.isclose(st["kl"].item(), (10 + math.e - 2) / 2, rel_tol=1e-6)
 
 
 def test_completion_mask_and_positions_from_a_scripted_model():
@@ -531,7 +558,7 @@ def test_completion_mask_and_positions_from_a_scripted_model():
 
 def test_load_rows_extracts_the_answer_of_every_format(tmp_path):
     rows = [
-        {"question": "Q1", "answer": "Half of 12 is 6.\n#### 72"},  # GSM8K
+        {"question": "Q1", "answer": "Half of 12 is 6.\n####72"},  # GSM8K
         {"question": "Q2", "answer": "so $x = \\boxed{\\frac{1}{2}}$, and then \\boxed{\\sqrt{2}}."},  # MATH solution
         {"question": "Q3", "answer": "\\left( 3, \\frac{\\pi}{2} \\right)"},  # a bare answer stays whole
         {"question": "Q4", "answer": " 1,000 "},
@@ -544,6 +571,9 @@ def test_load_rows_extracts_the_answer_of_every_format(tmp_path):
     assert [r["answer"] for r in got] == ["72", "\\sqrt{2}", "\\left( 3, \\frac{\\pi}{2} \\right)", "1,000"]
     (tmp_path / "f.json").write_text(json.dumps([{"problem": "P", "final_answer": "7", "solution": "\\boxed{8}"}] * 4))
     assert M.load_rows(str(tmp_path / "f.json"), "--dataset", M.Args())[0]["answer"] == "7"  # answer field order
+    for problem, answer in [("prompt", "solution"), ("query", "final_answer")]:  # the other auto-detected names
+        (tmp_path / "g.json").write_text(json.dumps([{problem: "P", answer: "\\boxed{3}"}] * 4))
+        assert M.load_rows(str(tmp_path / "g.json"), "--dataset", M.Args()) == [{"problem": "P", "answer": "3"}] * 4
     custom = M.Args(problem_field="text", answer_field="target")
     (tmp_path / "c.json").write_text(json.dumps([{"text": "P", "target": "9", "answer": "1"}] * 4))
     assert M.load_rows(str(tmp_path / "c.json"), "--dataset", custom) == [{"problem": "P", "answer": "9"}] * 4
@@ -618,6 +648,66 @@ def test_decode_cuts_at_the_mask_and_split_batch_slices_every_tensor():
     assert [len(p["advantages"]) for p in parts] == [4, 4, 2]
     assert torch.equal(torch.cat([p["completion_ids"] for p in parts]), batch["completion_ids"])
     assert torch.equal(parts[1]["advantages"], torch.tensor([4.0, 5, 6, 7]))
+
+
+@pytest.mark.parametrize(
+    "spelling,gold,expected",
+    [  # one case per Hendrycks normalisation rule, each needing that rule
+        ("\\left(1,2\\right)", "(1,2)", 1.0),
+        ("90^{\\circ}", "90", 1.0),
+        ("\\$5", "5", 1.0),
+        ("$5$", "5", 1.0),
+        ("10\\%", "10", 1.0),
+        ("10%", "10", 1.0),
+        ("1\n2", "12", 1.0),
+        ("1\\!000", "1000", 1.0),
+        ("\\\\frac{1}{2}", "\\frac{1}{2}", 1.0),
+        ("\\tfrac{1}{2}", "\\frac{1}{2}", 1.0),
+        (".5", "\\frac{1}{2}", 1.0),
+        ("\\frac{.5}{2}", "\\frac{0.5}{2}", 1.0),
+        ("x .5", "x 0.5", 1.0),
+        ("\\frac1{2}", "\\frac{1}{2}", 1.0),
+        ("\\frac{1}2", "\\frac{1}{2}", 1.0),
+        ("5 \\text{ Cm}", "5", 1.0),
+        ("xy = 5", "5", 1.0),
+        ("abc = 5", "5", 0.0),  # only a short left-hand side (<= 2 characters) is dropped
+        ("(1,2)", "(12)", 0.0),  # commas go only inside a thousands-separated number
+    ],
+)
+def test_rule_normalisation_per_rule(spelling, gold, expected):
+    assert M.math_reward(f"\\boxed{{{spelling}}}", gold) == expected
+
+
+def test_pad_right_and_batched_generation_equal_one_row_at_a_time(tmp_path):
+    x = torch.arange(24.0).view(2, 3, 4)
+    padded = M.pad_right(x, 5)
+    assert padded.shape == (2, 5, 4) and torch.equal(padded[:, :3], x) and (padded[:, 3:] == 0).all()
+    model = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=40,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).eval()
+    tok = SimpleNamespace(pad_token_id=0)
+    torch.manual_seed(0)
+    rows = [{"prompt_ids": torch.randint(1, 40, (n,)).tolist()} for n in (3, 7, 5, 2)]  # different lengths
+    greedy = dict(SAMPLING, temperature=0.0)
+    stop = torch.tensor([39])
+    together = M.generate(model, tok, rows, 3, 6, stop, None, **greedy)  # left-padded, chunks of 3 and 1
+    for b, row in enumerate(rows):  # alone: no padding at all
+        alone = M.generate(model, tok, [row], 1, 6, stop, None, **greedy)["completion_ids"][0]
+        assert torch.equal(together["completion_ids"][b, : len(alone)], alone), b  # alone it may stop sooner
+    # the run's generator, not torch's global RNG, decides the samples
+    sampled = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        out = M.generate(model, tok, rows, 3, 6, stop, torch.Generator().manual_seed(7), **SAMPLING)
+        sampled.append(out["completion_ids"])
+    assert torch.equal(sampled[0], sampled[1])
 
 
 class ScriptedModel(torch.nn.Module):
