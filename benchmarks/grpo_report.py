@@ -222,8 +222,11 @@ def seeds_markdown(entries, lengths):
             values = [seeds[s][k] for s in sorted(seeds) if k in seeds[s]]
             cells.append("%.1f [%.1f, %.1f]" % mean_ci(values) if values else "-")
         out.append(f"| {row_name(model, decoding)} | {len(seeds)} | " + " | ".join(cells) + " |")
-    diffs = comparison(table, ks, ("sofT_grpo:softgrpo", "sofT-grpo"), ("discrete_grpo:grpo", "discrete"))
-    diffs += comparison(table, ks, ("sofT_grpo:softgrpo", "sofT-grpo"), ("discrete_grpo:grpo", "soft-baseline"))
+    soft, grpo = "sofT_grpo:softgrpo", "discrete_grpo:grpo"
+    diffs = comparison(table, ks, (soft, "sofT-grpo"), (grpo, "discrete"))  # the paper's: each in its own decoding
+    diffs += comparison(table, ks, (soft, "sofT-grpo"), (grpo, "soft-baseline"))
+    for decoding in ("sofT-grpo", "soft-baseline"):  # the two checkpoints under one and the same decoding
+        diffs += comparison(table, ks, (soft, decoding), (grpo, decoding))
     if diffs:
         out += [
             "",
@@ -298,7 +301,7 @@ def plot_curves(entries, arms, ks, path):
     fig.savefig(path, dpi=110)
 
 
-def rollout_lengths(sweep_dir, keep_seeds=None):
+def rollout_lengths(sweep_dir, keep_seeds=None, methods=None):
     """{method: {seed: (mean length over the first 5 steps, over the last 5)}} from the runs' TensorBoard logs."""
     lengths = defaultdict(dict)
     for meta in sorted(glob.glob(os.path.join(sweep_dir, "*", "run.json"))):
@@ -306,7 +309,7 @@ def rollout_lengths(sweep_dir, keep_seeds=None):
             continue
         with open(meta) as f:
             labels = json.load(f)["labels"]
-        if keep_seeds and labels["seed"] not in keep_seeds:
+        if (keep_seeds and labels["seed"] not in keep_seeds) or (methods and labels["method"] not in methods):
             continue
         for run_dir in glob.glob(os.path.join(os.path.dirname(meta), "runs", "*")):
             scalars = load_scalars(run_dir) if glob.glob(os.path.join(run_dir, "events.out.tfevents*")) else {}
@@ -344,7 +347,7 @@ def main(argv=None):
         lengths = {}
         for p in args.paths:
             if os.path.isdir(p):
-                lengths.update(rollout_lengths(p, args.keep_seeds))
+                lengths.update(rollout_lengths(p, args.keep_seeds, args.methods))
         text = seeds_markdown(entries, lengths)
         print(text)
         if args.md:
