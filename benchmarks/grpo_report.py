@@ -222,8 +222,11 @@ def seeds_markdown(entries, lengths):
             values = [seeds[s][k] for s in sorted(seeds) if k in seeds[s]]
             cells.append("%.1f [%.1f, %.1f]" % mean_ci(values) if values else "-")
         out.append(f"| {row_name(model, decoding)} | {len(seeds)} | " + " | ".join(cells) + " |")
-    diffs = comparison(table, ks, ("sofT_grpo:softgrpo", "sofT-grpo"), ("discrete_grpo:grpo", "discrete"))
-    diffs += comparison(table, ks, ("sofT_grpo:softgrpo", "sofT-grpo"), ("discrete_grpo:grpo", "soft-baseline"))
+    soft, grpo = "sofT_grpo:softgrpo", "discrete_grpo:grpo"
+    diffs = comparison(table, ks, (soft, "sofT-grpo"), (grpo, "discrete"))  # the paper's: each in its own decoding
+    diffs += comparison(table, ks, (soft, "sofT-grpo"), (grpo, "soft-baseline"))
+    for decoding in ("sofT-grpo", "soft-baseline"):  # the two checkpoints under one and the same decoding
+        diffs += comparison(table, ks, (soft, decoding), (grpo, decoding))
     if diffs:
         out += [
             "",
@@ -233,13 +236,19 @@ def seeds_markdown(entries, lengths):
         out += ["| comparison | seeds | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
         out += diffs
     if lengths:
-        out += ["", "Mean completion length of the training rollouts (tokens; T 1.0), mean over seeds [95% CI]:", ""]
-        out += ["| method | seeds | first 5 steps | last 5 steps |", "|---|---|---|---|"]
-        for method, per_seed in sorted(lengths.items()):
-            first = [v[0] for v in per_seed.values()]
-            last = [v[1] for v in per_seed.values()]
-            cells = [f"{np.mean(x):.1f} [{bootstrap_ci(x)[0]:.1f}, {bootstrap_ci(x)[1]:.1f}]" for x in (first, last)]
-            out.append(f"| {method} | {len(per_seed)} | " + " | ".join(cells) + " |")
+        out += [
+            "",
+            "Training rollouts (T 1.0, TensorBoard): mean over seeds of the first 5 / the last 5 of 60 steps.",
+            "",
+        ]
+        out += ["| method | seeds | " + " | ".join(TRAIN_TAGS) + " |", "|---|---|" + "---|" * len(TRAIN_TAGS)]
+        for method in sorted(lengths[TRAIN_TAGS[0]]):
+            cells = []
+            for tag in TRAIN_TAGS:
+                per_seed = list(lengths[tag].get(method, {}).values())
+                first, last = [v[0] for v in per_seed], [v[1] for v in per_seed]
+                cells.append(f"{np.mean(first):.3g} / {np.mean(last):.3g}" if per_seed else "-")
+            out.append(f"| {method} | {len(lengths[TRAIN_TAGS[0]][method])} | " + " | ".join(cells) + " |")
     out += ["", "<details><summary>Per seed (Pass@k in %)</summary>", ""]
     out += ["| model, decoding | seed | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
     for (model, decoding), seeds in sorted(table.items(), key=row_order):
@@ -298,22 +307,26 @@ def plot_curves(entries, arms, ks, path):
     fig.savefig(path, dpi=110)
 
 
-def rollout_lengths(sweep_dir, keep_seeds=None):
-    """{method: {seed: (mean length over the first 5 steps, over the last 5)}} from the runs' TensorBoard logs."""
-    lengths = defaultdict(dict)
+TRAIN_TAGS = ("completions/mean_length", "reward", "kl", "soft/top1_weight")  # TRL's names; the last: sofT_grpo.py
+
+
+def rollout_lengths(sweep_dir, keep_seeds=None, methods=None):
+    """{tag: {method: {seed: (mean over the first 5 steps, over the last 5)}}} of TRAIN_TAGS, from TensorBoard."""
+    stats = defaultdict(lambda: defaultdict(dict))
     for meta in sorted(glob.glob(os.path.join(sweep_dir, "*", "run.json"))):
         if not os.path.isfile(os.path.join(os.path.dirname(meta), "DONE.json")):
             continue
         with open(meta) as f:
             labels = json.load(f)["labels"]
-        if keep_seeds and labels["seed"] not in keep_seeds:
+        if (keep_seeds and labels["seed"] not in keep_seeds) or (methods and labels["method"] not in methods):
             continue
         for run_dir in glob.glob(os.path.join(os.path.dirname(meta), "runs", "*")):
             scalars = load_scalars(run_dir) if glob.glob(os.path.join(run_dir, "events.out.tfevents*")) else {}
-            if "completions/mean_length" in scalars:
-                values = scalars["completions/mean_length"][1]
-                lengths[labels["method"]][labels["seed"]] = (float(values[:5].mean()), float(values[-5:].mean()))
-    return lengths
+            for tag in TRAIN_TAGS:
+                if tag in scalars and "completions/mean_length" in scalars:  # training runs only
+                    values = scalars[tag][1]
+                    stats[tag][labels["method"]][labels["seed"]] = (float(values[:5].mean()), float(values[-5:].mean()))
+    return stats
 
 
 def main(argv=None):
@@ -341,10 +354,11 @@ def main(argv=None):
             entries = [e for e in entries if e["seed"] in args.keep_seeds]
         if args.methods:
             entries = [e for e in entries if e["model"] == "base" or e["model"] in args.methods]
-        lengths = {}
+        lengths = defaultdict(dict)
         for p in args.paths:
             if os.path.isdir(p):
-                lengths.update(rollout_lengths(p, args.keep_seeds))
+                for tag, by_method in rollout_lengths(p, args.keep_seeds, args.methods).items():
+                    lengths[tag].update(by_method)
         text = seeds_markdown(entries, lengths)
         print(text)
         if args.md:

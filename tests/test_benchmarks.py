@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -166,8 +167,6 @@ RETURNS = {  # (task, method, seed) -> training episode returns; eval returns be
 
 def write_synthetic_runs(root):
     """rl_benchmark.py's layout: OUT/<key>/run.json and OUT/<key>/runs/<run_name>/events.out.tfevents.*"""
-    from torch.utils.tensorboard import SummaryWriter
-
     for (task, method, seed), returns in RETURNS.items():
         key = f"{method.replace(':', '__')}__{task}__s{seed}"
         os.makedirs(os.path.join(root, key))
@@ -293,6 +292,12 @@ def write_synthetic_sweep(root):
                 }
             write_eval(folder, run, step, "/cache/toy-base" if step == 0 else "ignored", values)
         os.makedirs(os.path.join(folder, "final"))
+        if script == "discrete_grpo" and seed < 3:  # training logs of two runs: 6 steps of length t, reward t / 10
+            writer = SummaryWriter(folder)
+            for t in range(1, 7):
+                writer.add_scalar("completions/mean_length", float(t), t)
+                writer.add_scalar("reward", t / 10, t)
+            writer.close()
     # the discrete checkpoint of seed 2 decoded soft by an eval-only run (the paper's "GRPO, soft" row)
     key = "sofT_grpo__eval-of-grpo__toy__s2"
     os.makedirs(os.path.join(root, key))
@@ -341,6 +346,7 @@ def test_grpo_report_seed_means_cis_and_curves_equal_hand_computations(tmp_path)
     text = md.read_text()
     assert f"| SofT-GRPO, soft | 3 | {cell} |" in text
     assert "| GRPO, soft | 1 | 77.0 [77.0, 77.0] | - |" in text
+    assert "| discrete_grpo:grpo | 2 | 3 / 4 | 0.3 / 0.4 | - | - |" in text  # means of steps 1-5 and 2-6
     assert "| SofT-GRPO, soft | 3 | 50.0 | 85.0 |" in text  # per-seed section, seed 3
 
     # SofT-GRPO minus GRPO (discrete), Pass@1: 0.6333 - 0.7 by hand, and the CI from the same draws one by one
