@@ -254,6 +254,8 @@ def test_chunked_logprobs_equal_the_full_log_softmax(toy, monkeypatch, temperatu
     ref[soft] = sg.soft_log_density(full.gather(-1, batch["soft_ids"])[soft], batch["soft_y"][soft], "gumbel")
     assert T > 5 and soft.any() and (~soft).any()
     assert (logp - ref).abs().max() < 1e-6
+    with torch.no_grad():  # the defaults are the paper's Gumbel noise and tau_g = 0.1
+        assert torch.equal(sg.token_logprobs(model, batch, temperature, "gumbel", 0.1)[0], logp)
 
 
 def test_one_hot_soft_inputs_give_the_discrete_logits(toy):
@@ -356,6 +358,35 @@ def test_topk_topp_probs_against_brute_force():
     assert torch.equal(ids[:, 0], logits.argmax(-1)) and (pi[:, 0] == 1).all() and (pi[:, 1:] == 0).all()
 
 
+@pytest.mark.parametrize("noise", ["dirichlet", "gaussian"])
+def test_ablation_noises_have_their_laws(noise):
+    """Dirichlet: y_i ~ Gamma(pi_i, 1) (mean and variance pi_i); Gaussian: y_i ~ N(pi_i, 0.05^2)."""
+    torch.manual_seed(0)  # the Gamma draw uses the global RNG
+    n, logits = 20000, torch.tensor([[2.0, 1.5, 1.0, 0.3, -0.5, -3.0]])
+    pi, top = sg.topk_topp_probs(logits, 1.0, 5, 1.0)
+    tok, _, (ids, y, _) = sg.soft_sample_step(
+        logits.repeat(n, 1),
+        torch.nn.Embedding(6, 2),
+        torch.Generator().manual_seed(0),
+        torch.ones(n, dtype=torch.bool),
+        99,
+        1.0,
+        5,
+        1.0,
+        5,
+        1.0,
+        0.1,
+        1.0,
+        noise,
+    )
+    for token, p in zip(top[0].tolist(), pi[0].tolist()):
+        draws = y[ids == token].double()  # the sort by weight permutes the components: collect them by id
+        assert len(draws) == n
+        sd = math.sqrt(p) if noise == "dirichlet" else 0.05
+        assert abs(draws.mean().item() - p) < 5 * sd / math.sqrt(n), (noise, token)
+        assert abs(draws.std().item() / sd - 1) < 0.05, (noise, token)
+
+
 def test_soft_step_stores_the_sorted_ids_and_the_perturbed_logits():
     torch.manual_seed(0)
     B, V, k, T, p = 6, 12, 5, 0.7, 0.9
@@ -407,7 +438,8 @@ def test_temperature_0_is_greedy(toy):
     T = hard["completion_ids"].shape[1]
     assert torch.equal(soft["completion_ids"][:, :T], hard["completion_ids"])
     with torch.no_grad():
-        assert torch.isfinite(sg.token_logprobs(model, soft, 0.0)[0]).all()
+        greedy, at_one = sg.token_logprobs(model, soft, 0.0)[0], sg.token_logprobs(model, soft, 1.0)[0]
+    assert torch.isfinite(greedy).all() and torch.equal(greedy, at_one)  # greedy rollouts are scored at T = 1
 
 
 def test_each_eval_setting_runs_once(toy, tmp_path):
