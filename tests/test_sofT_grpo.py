@@ -356,6 +356,18 @@ def test_topk_topp_probs_against_brute_force():
             assert torch.allclose(pi[b].double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6)
     pi, ids = sg.topk_topp_probs(logits, 0.0, 5, 0.95)  # T = 0: greedy, all the mass on the argmax
     assert torch.equal(ids[:, 0], logits.argmax(-1)) and (pi[:, 0] == 1).all() and (pi[:, 1:] == 0).all()
+    pi, ids = sg.topk_topp_probs(torch.tensor([[5.0, 0, 0, 0, 0, 0]] * 2), 0.0, 5, 0.95)  # argmax id 0 < k
+    assert pi.shape == (2, 5) and (ids[:, 0] == 0).all() and (pi[:, 0] == 1).all()
+    seen, answering, embed = (
+        torch.zeros(6, dtype=torch.bool),
+        torch.zeros(2, dtype=torch.bool),
+        torch.nn.Embedding(6, 2),
+    )
+    kw = dict(SAMPLING, think_end_id=99, answer_top_k=0, answer_top_p=1.0)  # answer top-k off, on a batch of 2 rows
+    for seed in range(300):
+        tok = sg.soft_sample_step(torch.zeros(2, 6), embed, torch.Generator().manual_seed(seed), answering, **kw)[0]
+        seen[tok] = True
+    assert seen.all()  # every id of the vocabulary can come out, not only the top-2 (the batch size)
 
 
 @pytest.mark.parametrize("noise", ["dirichlet", "gaussian"])
@@ -364,21 +376,13 @@ def test_ablation_noises_have_their_laws(noise):
     torch.manual_seed(0)  # the Gamma draw uses the global RNG
     n, logits = 20000, torch.tensor([[2.0, 1.5, 1.0, 0.3, -0.5, -3.0]])
     pi, top = sg.topk_topp_probs(logits, 1.0, 5, 1.0)
-    tok, _, (ids, y, _) = sg.soft_sample_step(
-        logits.repeat(n, 1),
-        torch.nn.Embedding(6, 2),
-        torch.Generator().manual_seed(0),
-        torch.ones(n, dtype=torch.bool),
-        99,
-        1.0,
-        5,
-        1.0,
-        5,
-        1.0,
-        0.1,
-        1.0,
-        noise,
+    embed, thinking = torch.nn.Embedding(6, 2), torch.ones(n, dtype=torch.bool)
+    kw = dict(SAMPLING, think_end_id=99, top_p=1.0, answer_top_p=1.0, noise=noise)
+    _, nxt, (ids, y, _) = sg.soft_sample_step(
+        logits.repeat(n, 1), embed, torch.Generator().manual_seed(0), thinking, **kw
     )
+    w = y / y.sum(-1, keepdim=True)  # the ablations mix with the renormalised sample
+    torch.testing.assert_close(nxt, (w[..., None] * embed(ids)).sum(1), atol=1e-5, rtol=1e-5)
     for token, p in zip(top[0].tolist(), pi[0].tolist()):
         draws = y[ids == token].double()  # the sort by weight permutes the components: collect them by id
         assert len(draws) == n
