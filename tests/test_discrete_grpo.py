@@ -482,18 +482,19 @@ def test_clipped_surrogate_and_dual_clip_on_a_batch():
     # nine rows, one valid token each (the second is masked out), the defaults eps 0.2, c = 3; by hand:
     # (A, ratio) = (2, 10): max(-20, -2.4) = -2.4;  (-2, 10): min(max(20, 2.4), 6) = 6;  (-2, 0.5): max(1, 1.6) = 1.6;
     # (1, 0.5): max(-0.5, -0.8) = -0.5;  (-1, 1): 1;  (0.5, 0.5): max(-0.25, -0.4) = -0.25;  (0, 10), (0, 0.5): 0;
-    # (1, 1.5): max(-1.5, -1.2) = -1.2. Clipped region (A > 0 and ratio > 1.2, or A < 0 and ratio < 0.8): rows 0, 2, 8
-    adv = torch.tensor([2.0, -2.0, -2.0, 1.0, -1.0, 0.5, 0.0, 0.0, 1.0])
-    ratio = torch.tensor([10.0, 10.0, 0.5, 0.5, 1.0, 0.5, 10.0, 0.5, 1.5])
-    logp = torch.stack([ratio.log(), torch.zeros(9)], 1)  # [9, 2]
-    mask = torch.tensor([[1, 0]] * 9)
-    loss, st = M.grpo_loss(logp, torch.zeros(9, 2), None, adv, mask)
-    torch.testing.assert_close(loss, torch.tensor((-2.4 + 6 + 1.6 - 0.5 + 1 - 0.25 + 0 + 0 - 1.2) / 9))
-    assert math.isclose(st["clip_ratio/region_mean"].item(), 3 / 9, rel_tol=1e-6)
-    loss, _ = M.grpo_loss(logp, torch.zeros(9, 2), None, adv, mask, clip_eps_high=0.28)  # clip-higher: 1.28
-    torch.testing.assert_close(loss, torch.tensor((-2.56 + 6 + 1.6 - 0.5 + 1 - 0.25 + 0 + 0 - 1.28) / 9))
-    one = torch.tensor([[1, 0]] + [[0, 0]] * 8)  # a single valid token in the batch: its own loss
-    torch.testing.assert_close(M.grpo_loss(logp, torch.zeros(9, 2), None, adv, one)[0], torch.tensor(-2.4))
+    # (1, 1.5): max(-1.5, -1.2) = -1.2;  (0.5, 1): -0.5. Clipped region (A > 0 and ratio > 1.2, or A < 0 and
+    # ratio < 0.8): rows 0, 2 and 8
+    adv = torch.tensor([2.0, -2.0, -2.0, 1.0, -1.0, 0.5, 0.0, 0.0, 1.0, 0.5])
+    ratio = torch.tensor([10.0, 10.0, 0.5, 0.5, 1.0, 0.5, 10.0, 0.5, 1.5, 1.0])
+    logp = torch.stack([ratio.log(), torch.zeros(10)], 1)  # [10, 2]
+    mask = torch.tensor([[1, 0]] * 10)
+    loss, st = M.grpo_loss(logp, torch.zeros(10, 2), None, adv, mask)
+    torch.testing.assert_close(loss, torch.tensor((-2.4 + 6 + 1.6 - 0.5 + 1 - 0.25 + 0 + 0 - 1.2 - 0.5) / 10))
+    assert math.isclose(st["clip_ratio/region_mean"].item(), 3 / 10, rel_tol=1e-6)
+    loss, _ = M.grpo_loss(logp, torch.zeros(10, 2), None, adv, mask, clip_eps_high=0.28)  # clip-higher: 1.28
+    torch.testing.assert_close(loss, torch.tensor((-2.56 + 6 + 1.6 - 0.5 + 1 - 0.25 + 0 + 0 - 1.28 - 0.5) / 10))
+    one = torch.tensor([[1, 0]] + [[0, 0]] * 9)  # a single valid token in the batch: its own loss
+    torch.testing.assert_close(M.grpo_loss(logp, torch.zeros(10, 2), None, adv, one)[0], torch.tensor(-2.4))
 
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
@@ -617,6 +618,8 @@ def test_eval_grader_on_the_answer_set():
         ("\\boxed{\\frac{2}{4}}", "\\frac{1}{2}", 1.0, 0.0),
         ("\\boxed{3} and later \\boxed{4}", "4", 1.0, 1.0),  # the last box counts, for both graders
         ("\\boxed{4} and later \\boxed{3}", "4", 0.0, 0.0),
+        ("\\fbox{3} and later \\fbox{4}", "4", 1.0, 1.0),
+        ("\\boxed{X}", "X", 1.0, 1.0),
         ("the answer is 4", "4", 0.0, 0.0),  # no box: 0 for both
         ("\\boxed{4", "4", 0.0, 0.0),
     ],
@@ -698,6 +701,9 @@ def test_pad_right_and_batched_generation_equal_one_row_at_a_time(tmp_path):
     greedy = dict(SAMPLING, temperature=0.0)
     stop = torch.tensor([39])
     together = M.generate(model, tok, rows, 3, 6, stop, None, **greedy)  # left-padded, chunks of 3 and 1
+    assert together["prompt_mask"].tolist() == [
+        [0] * (7 - len(r["prompt_ids"])) + [1] * len(r["prompt_ids"]) for r in rows
+    ]
     for b, row in enumerate(rows):  # alone: no padding at all
         alone = M.generate(model, tok, [row], 1, 6, stop, None, **greedy)["completion_ids"][0]
         assert torch.equal(together["completion_ids"][b, : len(alone)], alone), b  # alone it may stop sooner

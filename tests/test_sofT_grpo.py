@@ -254,6 +254,8 @@ def test_chunked_logprobs_equal_the_full_log_softmax(toy, monkeypatch, temperatu
     ref[soft] = sg.soft_log_density(full.gather(-1, batch["soft_ids"])[soft], batch["soft_y"][soft], "gumbel")
     assert T > 5 and soft.any() and (~soft).any()
     assert (logp - ref).abs().max() < 1e-6
+    with torch.no_grad():  # the defaults are the paper's Gumbel noise and tau_g = 0.1
+        assert torch.equal(sg.token_logprobs(model, batch, temperature, "gumbel", 0.1)[0], logp)
 
 
 def test_one_hot_soft_inputs_give_the_discrete_logits(toy):
@@ -354,6 +356,39 @@ def test_topk_topp_probs_against_brute_force():
             assert torch.allclose(pi[b].double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6)
     pi, ids = sg.topk_topp_probs(logits, 0.0, 5, 0.95)  # T = 0: greedy, all the mass on the argmax
     assert torch.equal(ids[:, 0], logits.argmax(-1)) and (pi[:, 0] == 1).all() and (pi[:, 1:] == 0).all()
+    pi, ids = sg.topk_topp_probs(torch.tensor([[5.0, 0, 0, 0, 0, 0]] * 2), 0.0, 5, 0.95)  # argmax id 0 < k
+    assert pi.shape == (2, 5) and (ids[:, 0] == 0).all() and (pi[:, 0] == 1).all()
+    seen, answering, embed = (
+        torch.zeros(6, dtype=torch.bool),
+        torch.zeros(2, dtype=torch.bool),
+        torch.nn.Embedding(6, 2),
+    )
+    kw = dict(SAMPLING, think_end_id=99, answer_top_k=0, answer_top_p=1.0)  # answer top-k off, on a batch of 2 rows
+    for seed in range(300):
+        tok = sg.soft_sample_step(torch.zeros(2, 6), embed, torch.Generator().manual_seed(seed), answering, **kw)[0]
+        seen[tok] = True
+    assert seen.all()  # every id of the vocabulary can come out, not only the top-2 (the batch size)
+
+
+@pytest.mark.parametrize("noise", ["dirichlet", "gaussian"])
+def test_ablation_noises_have_their_laws(noise):
+    """Dirichlet: y_i ~ Gamma(pi_i, 1) (mean and variance pi_i); Gaussian: y_i ~ N(pi_i, 0.05^2)."""
+    torch.manual_seed(0)  # the Gamma draw uses the global RNG
+    n, logits = 20000, torch.tensor([[2.0, 1.5, 1.0, 0.3, -0.5, -3.0]])
+    pi, top = sg.topk_topp_probs(logits, 1.0, 5, 1.0)
+    embed, thinking = torch.nn.Embedding(6, 2), torch.ones(n, dtype=torch.bool)
+    kw = dict(SAMPLING, think_end_id=99, top_p=1.0, answer_top_p=1.0, noise=noise)
+    _, nxt, (ids, y, _) = sg.soft_sample_step(
+        logits.repeat(n, 1), embed, torch.Generator().manual_seed(0), thinking, **kw
+    )
+    w = y / y.sum(-1, keepdim=True)  # the ablations mix with the renormalised sample
+    torch.testing.assert_close(nxt, (w[..., None] * embed(ids)).sum(1), atol=1e-5, rtol=1e-5)
+    for token, p in zip(top[0].tolist(), pi[0].tolist()):
+        draws = y[ids == token].double()  # the sort by weight permutes the components: collect them by id
+        assert len(draws) == n
+        sd = math.sqrt(p) if noise == "dirichlet" else 0.05
+        assert abs(draws.mean().item() - p) < 5 * sd / math.sqrt(n), (noise, token)
+        assert abs(draws.std().item() / sd - 1) < 0.05, (noise, token)
 
 
 def test_soft_step_stores_the_sorted_ids_and_the_perturbed_logits():
@@ -407,7 +442,8 @@ def test_temperature_0_is_greedy(toy):
     T = hard["completion_ids"].shape[1]
     assert torch.equal(soft["completion_ids"][:, :T], hard["completion_ids"])
     with torch.no_grad():
-        assert torch.isfinite(sg.token_logprobs(model, soft, 0.0)[0]).all()
+        greedy, at_one = sg.token_logprobs(model, soft, 0.0)[0], sg.token_logprobs(model, soft, 1.0)[0]
+    assert torch.isfinite(greedy).all() and torch.equal(greedy, at_one)  # greedy rollouts are scored at T = 1
 
 
 def test_each_eval_setting_runs_once(toy, tmp_path):
@@ -520,18 +556,19 @@ def test_clipped_surrogate_and_dual_clip_on_a_batch():
     # nine rows, one valid token each (the second is masked out), the defaults eps 0.2, c = 3; by hand:
     # (A, ratio) = (2, 10): max(-20, -2.4) = -2.4;  (-2, 10): min(max(20, 2.4), 6) = 6;  (-2, 0.5): max(1, 1.6) = 1.6;
     # (1, 0.5): max(-0.5, -0.8) = -0.5;  (-1, 1): 1;  (0.5, 0.5): max(-0.25, -0.4) = -0.25;  (0, 10), (0, 0.5): 0;
-    # (1, 1.5): max(-1.5, -1.2) = -1.2. Clipped region (A > 0 and ratio > 1.2, or A < 0 and ratio < 0.8): rows 0, 2, 8
-    adv = torch.tensor([2.0, -2.0, -2.0, 1.0, -1.0, 0.5, 0.0, 0.0, 1.0])
-    ratio = torch.tensor([10.0, 10.0, 0.5, 0.5, 1.0, 0.5, 10.0, 0.5, 1.5])
-    logp = torch.stack([ratio.log(), torch.zeros(9)], 1)  # [9, 2]
-    mask = torch.tensor([[1, 0]] * 9)
-    loss, st = M.grpo_loss(logp, torch.zeros(9, 2), None, adv, mask)
-    torch.testing.assert_close(loss, torch.tensor((-2.4 + 6 + 1.6 - 0.5 + 1 - 0.25 + 0 + 0 - 1.2) / 9))
-    assert math.isclose(st["clip_ratio/region_mean"].item(), 3 / 9, rel_tol=1e-6)
-    loss, _ = M.grpo_loss(logp, torch.zeros(9, 2), None, adv, mask, clip_eps_high=0.28)  # clip-higher: 1.28
-    torch.testing.assert_close(loss, torch.tensor((-2.56 + 6 + 1.6 - 0.5 + 1 - 0.25 + 0 + 0 - 1.28) / 9))
-    one = torch.tensor([[1, 0]] + [[0, 0]] * 8)  # a single valid token in the batch: its own loss
-    torch.testing.assert_close(M.grpo_loss(logp, torch.zeros(9, 2), None, adv, one)[0], torch.tensor(-2.4))
+    # (1, 1.5): max(-1.5, -1.2) = -1.2;  (0.5, 1): -0.5. Clipped region (A > 0 and ratio > 1.2, or A < 0 and
+    # ratio < 0.8): rows 0, 2 and 8
+    adv = torch.tensor([2.0, -2.0, -2.0, 1.0, -1.0, 0.5, 0.0, 0.0, 1.0, 0.5])
+    ratio = torch.tensor([10.0, 10.0, 0.5, 0.5, 1.0, 0.5, 10.0, 0.5, 1.5, 1.0])
+    logp = torch.stack([ratio.log(), torch.zeros(10)], 1)  # [10, 2]
+    mask = torch.tensor([[1, 0]] * 10)
+    loss, st = M.grpo_loss(logp, torch.zeros(10, 2), None, adv, mask)
+    torch.testing.assert_close(loss, torch.tensor((-2.4 + 6 + 1.6 - 0.5 + 1 - 0.25 + 0 + 0 - 1.2 - 0.5) / 10))
+    assert math.isclose(st["clip_ratio/region_mean"].item(), 3 / 10, rel_tol=1e-6)
+    loss, _ = M.grpo_loss(logp, torch.zeros(10, 2), None, adv, mask, clip_eps_high=0.28)  # clip-higher: 1.28
+    torch.testing.assert_close(loss, torch.tensor((-2.56 + 6 + 1.6 - 0.5 + 1 - 0.25 + 0 + 0 - 1.28 - 0.5) / 10))
+    one = torch.tensor([[1, 0]] + [[0, 0]] * 9)  # a single valid token in the batch: its own loss
+    torch.testing.assert_close(M.grpo_loss(logp, torch.zeros(10, 2), None, adv, one)[0], torch.tensor(-2.4))
 
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
@@ -655,6 +692,8 @@ def test_eval_grader_on_the_answer_set():
         ("\\boxed{\\frac{2}{4}}", "\\frac{1}{2}", 1.0, 0.0),
         ("\\boxed{3} and later \\boxed{4}", "4", 1.0, 1.0),  # the last box counts, for both graders
         ("\\boxed{4} and later \\boxed{3}", "4", 0.0, 0.0),
+        ("\\fbox{3} and later \\fbox{4}", "4", 1.0, 1.0),
+        ("\\boxed{X}", "X", 1.0, 1.0),
         ("the answer is 4", "4", 0.0, 0.0),  # no box: 0 for both
         ("\\boxed{4", "4", 0.0, 0.0),
     ],
@@ -736,6 +775,9 @@ def test_pad_right_and_batched_generation_equal_one_row_at_a_time(tmp_path):
     greedy = dict(SAMPLING, temperature=0.0)
     stop = torch.tensor([39])
     together = M.generate(model, tok, rows, 3, 6, stop, None, **greedy)  # left-padded, chunks of 3 and 1
+    assert together["prompt_mask"].tolist() == [
+        [0] * (7 - len(r["prompt_ids"])) + [1] * len(r["prompt_ids"]) for r in rows
+    ]
     for b, row in enumerate(rows):  # alone: no padding at all
         alone = M.generate(model, tok, [row], 1, 6, stop, None, **greedy)["completion_ids"][0]
         assert torch.equal(together["completion_ids"][b, : len(alone)], alone), b  # alone it may stop sooner
