@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the figures in benchmarks/results_discrete_grpo.md (2-core CPU, no GPU, offline).
-# Usage: bash benchmarks/discrete_grpo.sh            (from the repository root, venv active)
+# Usage: bash benchmarks/discrete_grpo.sh            (from the repository root, after the README's install)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=benchmarks/runs/discrete_grpo   # gitignored
