@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_grpo_shared import ScriptedModel  # the stand-in LM of the shared helper tests
+from test_grpo_shared import ROLLOUT_FLAGS, ScriptedModel  # the shared helper tests' stand-in LM and flags
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 import discrete_grpo  # only tests may import both scripts (the toy base models must be bit-identical)
@@ -19,10 +19,7 @@ import sofT_grpo as sg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(toy_hidden_size=32, toy_num_layers=1, toy_sft_steps=2)  # a toy base model in seconds
-SAMPLING = dict(  # the rollout flags of the scripted-model tests (</think> is id 3 there)
-    think_end_id=3, temperature=1.0, top_k=5, top_p=0.95, answer_top_k=5, answer_top_p=0.95
-)
-SAMPLING.update(tau_g=0.1, noise_scale=1.0, noise="gumbel")
+SAMPLING = ROLLOUT_FLAGS["sofT_grpo"]  # the rollout flags of the scripted-model tests (</think> is id 3 there)
 
 
 @pytest.fixture(scope="module")
@@ -179,18 +176,8 @@ def test_gradient_reaches_only_the_stored_ids_through_log_q():
 
 
 def sampling(tok, **kw):
-    base = dict(
-        think_end_id=tok.convert_tokens_to_ids("</think>"),
-        temperature=1.0,
-        top_k=5,
-        top_p=0.95,
-        answer_top_k=5,
-        answer_top_p=0.95,
-        tau_g=0.1,
-        noise_scale=1.0,
-        noise="gumbel",
-    )
-    return {**base, **kw}
+    """The scripted-model flags with the toy tokenizer's </think> id, plus overrides."""
+    return {**SAMPLING, "think_end_id": tok.convert_tokens_to_ids("</think>"), **kw}
 
 
 def rows_for(tok, n):
