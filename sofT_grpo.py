@@ -10,6 +10,7 @@ as in the parent; the GRPO loss is the parent's, unchanged. Reading map and note
     python sofT_grpo.py --noise dirichlet                 # the paper's noise ablation (--tau-g does not apply)
 """
 
+import contextlib
 import hashlib
 import json
 import math
@@ -19,14 +20,24 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import tyro
 from latex2sympy2_extended import NormalizationConfig
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 from tokenizers import AddedToken, pre_tokenizers
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.utils.checkpoint import checkpoint
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -53,7 +64,9 @@ class Args:
     wandb_entity: Optional[str] = None  # the entity (team) of wandb's project
     preset: PresetName = "toy"  # named setting applied first (explicit flags win): the toy or a paper base model
     output_dir: str = "runs"  # TensorBoard logs, eval JSON and checkpoints go to OUTPUT_DIR/<run_name>
-    save_every: int = 0  # save_pretrained a checkpoint every N steps (0: only the final model)
+    save_every: int = 0
+    """write a resumable checkpoint-<step>/ (model, optimizer, data order, RNG states) every N steps (0: never)"""
+    resume_from: Optional[str] = None  # a checkpoint-<step>/ folder: continue its run from step+1 in a new run folder
     eval_every: int = 0  # evaluate every N steps (0: only before and after training)
     eval_only: bool = False  # evaluate the model and exit without training
     log_completions_every: int = 10  # write a few sample completions as text to TensorBoard every N steps
@@ -66,7 +79,7 @@ class Args:
     """answer field (None: answer/final_answer/solution); GSM8K's `#### n` and a solution's \\boxed{} are unwrapped"""
     max_prompt_length: int = 1024  # longer prompts (tokens, after the chat template) are skipped and counted
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """policy weights (bf16 can swallow lr-1e-6 updates; the log-softmax is fp32 either way)"""
+    """compute dtype; the weights and AdamW states stay fp32 (bf16 weights would round lr-1e-6 updates away)"""
     gradient_checkpointing: bool = False  # trade compute for memory in the training forward pass
     # Toy task and toy base model (used when --model-name-or-path / --dataset are not given)
     toy_num_ops: int = 2  # difficulty: number of +/- operations per problem
@@ -117,14 +130,14 @@ _PAPER = dict(learning_rate=1e-6, group_size=8, prompts_per_step=64, mini_batch_
 _PAPER.update(beta=0.001, clip_eps=0.2, dual_clip=3.0, max_new_tokens=8192, total_steps=629)
 _PAPER.update(dataset="agentica-org/DeepScaleR-Preview-Dataset", rollout_batch_size=64, gradient_checkpointing=True)
 _PAPER.update(eval_dataset="HuggingFaceH4/MATH-500", eval_problems=500, eval_samples=32, eval_max_new_tokens=32768)
+_PAPER.update(dtype="bfloat16")  # bf16 compute over fp32 masters; a GPU preset, memory table in docs/discrete_grpo.md
 PRESETS = {
     "toy": {},
     "r1-distill-qwen-1.5b": dict(_PAPER, model_name_or_path="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", eval_every=40),
     "llama-3.2-3b-instruct": dict(_PAPER, model_name_or_path="meta-llama/Llama-3.2-3B-Instruct", eval_every=20),
     "r1-distill-qwen-7b": dict(_PAPER, model_name_or_path="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", eval_every=20),
 }
-# bf16 weights, one completion per micro-batch: fp32 weights + AdamW of a 7B model do not fit one 80 GB GPU
-PRESETS["r1-distill-qwen-7b"].update(micro_batch_size=1, dtype="bfloat16")
+PRESETS["r1-distill-qwen-7b"].update(micro_batch_size=1)  # 3B and 7B need FSDP over 8 GPUs (torchrun)
 
 # The paper's soft-thinking evaluations (official run_sample_gumbel.sh for SofT-GRPO models, run_sample_gumbel_raw.sh
 # for base and discrete-GRPO models) and noise-free Soft Thinking (Zhang et al., arXiv 2505.15778: 10 components,
@@ -157,15 +170,20 @@ def fail(flag: str, msg: str):
     raise SystemExit(2)
 
 
-def validate(args: Args):
+def validate(args: Args, world: int = 1):
+    """world: the number of ranks (torchrun); each rank takes an equal share of every mini-batch."""
     if args.group_size < 2:
         fail("--group-size", f"is {args.group_size}: GRPO compares completions within a group, use 2 or more")
     if args.prompts_per_step % args.mini_batch_prompts:
         msg = f"{args.mini_batch_prompts} does not divide --prompts-per-step {args.prompts_per_step}"
         fail("--mini-batch-prompts", msg)
-    mini_batch = args.mini_batch_prompts * args.group_size
+    if args.prompts_per_step % world or args.mini_batch_prompts % world:
+        msg = f"{world} ranks cannot split {args.prompts_per_step} prompts in mini-batches of {args.mini_batch_prompts}"
+        fail("--prompts-per-step", f"{msg}: use multiples of the world size (torchrun --nproc-per-node)")
+    mini_batch = args.mini_batch_prompts // world * args.group_size  # completions per mini-batch on one rank
     if mini_batch % args.micro_batch_size:
-        fail("--micro-batch-size", f"{args.micro_batch_size} does not divide a mini-batch of {mini_batch} completions")
+        msg = f"{args.micro_batch_size} does not divide a mini-batch of {mini_batch} completions per rank"
+        fail("--micro-batch-size", msg)
     if args.top_k < 1 or args.tau_g <= 0:
         fail("--top-k/--tau-g", "a soft token needs --top-k >= 1 components and --tau-g > 0")
 
@@ -398,10 +416,10 @@ def build_toy_base(args: Args) -> str:
     return path
 
 
-def save_pretrained_atomic(model, tok, path: str):
+def save_pretrained_atomic(model, tok, path: str, state_dict=None):
     """Write to a temporary folder, then rename: a killed run never leaves a half-written checkpoint."""
     tmp = f"{path}.tmp{os.getpid()}"
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=state_dict)
     tok.save_pretrained(tmp)
     if os.path.exists(path):  # a parallel run saved the same deterministic toy model first: keep that copy
         return shutil.rmtree(tmp)
@@ -545,6 +563,8 @@ def token_logprobs(model, batch: dict, temperature: float, noise: str = "gumbel"
     The inputs are rebuilt from the stored actions and detached (official dp_actor.py::_forward_micro_batch)."""
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)  # [B, P+T]
     attn = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    if isinstance(model, FSDPModule):
+        model.unshard()  # FSDP2: the embedding table is read outside the forward here (detached inputs)
     embed, soft = model.get_input_embeddings(), batch["soft_mask"]  # soft: [B, T], M True entries
     # x[soft] and masked_scatter(soft, ...) both visit the True entries of soft in row-major order (row b, then step t),
     # so the m-th mixture [M, H] goes back to the position it came from; the prompt columns of soft_in are False.
@@ -554,10 +574,13 @@ def token_logprobs(model, batch: dict, temperature: float, noise: str = "gumbel"
     embeds = embed(ids).masked_scatter(soft_in, mix.to(embed.weight.dtype)).detach()  # [B, P+T, H]
     T = batch["completion_ids"].shape[1]
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-    out = model.base_model(inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids, use_cache=False)
+    # The model's own forward (FSDP2 gathers and reduces weights around it) returns the final hidden states; its
+    # lm_head runs on one position only, and the chunks below apply it to the rest.
+    kw = dict(attention_mask=attn, position_ids=position_ids, use_cache=False, logits_to_keep=1)
+    out = model(inputs_embeds=embeds, output_hidden_states=True, **kw)
     # Position s predicts token s+1, so completion token t is scored by the hidden state at t-1, the last prompt
     # position for t = 0: keep the last T+1 positions and drop the final one, which scores no completion token.
-    h = out.last_hidden_state[:, -(T + 1) : -1]  # [B, T, H]
+    h = out.hidden_states[-1][:, -(T + 1) : -1]  # [B, T, H], after the final norm
     lm_head, scale = model.get_output_embeddings(), temperature if temperature > 0 else 1.0  # T = 0 scored at T = 1
     chunks = []
     for s in range(0, T, LOGPROB_CHUNK):  # checkpointed: the backward pass recomputes a chunk's logits too
@@ -591,9 +614,13 @@ def grpo_loss(
     beta=0.0,
     loss_agg_mode="token-mean",
     max_len=None,
+    token_total=None,
+    seq_total=None,
 ) -> tuple:
     """verl's GRPO policy loss (core_algos.py::compute_policy_loss, kl_penalty, agg_loss).
-    logp, logp_old, logp_ref, mask: [B, T]; advantages: [B]. Returns the scalar loss and detached statistics."""
+    logp, logp_old, logp_ref, mask: [B, T]; advantages: [B]. Returns the scalar loss and detached statistics.
+    token_total, seq_total: the valid tokens and the rows of the whole mini-batch, over every micro-batch and rank
+    (default: this call's), so that the micro-batch losses sum to the mini-batch's mean loss."""
     adv = advantages[:, None]  # [B, 1], broadcast over tokens
     ratio = torch.exp(logp - logp_old)  # [B, T]
     hi = clip_eps if clip_eps_high is None else clip_eps_high
@@ -603,14 +630,16 @@ def grpo_loss(
     kl = (torch.exp(d) - d - 1).clamp(-10, 10)  # k3 ("low_var_kl"): >= 0, 0 when equal; clamped as in verl
     per_token, m = pg + beta * kl, mask.float()
     seq_sum, seq_len = (per_token * m).sum(1), m.sum(1)  # [B]
-    if loss_agg_mode == "token-mean":  # verl/DAPO: every valid token of the micro-batch weighs the same
-        loss = seq_sum.sum() / seq_len.sum().clamp(min=1)
+    tokens = m.sum() if token_total is None else token_total
+    rows = m.shape[0] if seq_total is None else seq_total
+    if loss_agg_mode == "token-mean":  # verl/DAPO: every valid token of the mini-batch weighs the same
+        loss = seq_sum.sum() / max(tokens, 1)
     elif loss_agg_mode == "seq-mean-token-mean":  # original GRPO: 1/|o_i| per sequence
-        loss = (seq_sum / seq_len.clamp(min=1)).mean()
+        loss = (seq_sum / seq_len.clamp(min=1)).sum() / rows
     elif loss_agg_mode == "seq-mean-token-sum":
-        loss = seq_sum.mean()
+        loss = seq_sum.sum() / rows
     else:  # "seq-mean-token-sum-norm", Dr. GRPO: a constant denominator B * max_len
-        loss = seq_sum.sum() / (m.shape[0] * (max_len or m.shape[1]))
+        loss = seq_sum.sum() / (rows * (max_len or m.shape[1]))
     clipped = ((ratio < 1 - clip_eps) & (adv < 0)) | ((ratio > 1 + hi) & (adv > 0))
 
     def masked_mean(x):
@@ -624,18 +653,23 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k)) if n - c >= k else 1.0
 
 
-def grade(texts: list, rows: list, n: int, grader: str) -> dict:
-    """Pass@k (k = 1, 2, 4, ..., n) under `grader` and both graders' accuracy. texts, rows: n per problem, in turn."""
-    marks = {"math-verify": [], "rule": []}
-    for text, row in zip(texts, rows):
-        marks["math-verify"].append(eval_reward(text, row["answer"]))
-        marks["rule"].append(math_reward(text, row["answer"]))
-    correct = [sum(marks[grader][i : i + n]) for i in range(0, len(texts), n)]  # [problems]
+def correct_counts(texts: list, rows: list, n: int) -> dict:
+    """Per grader, the number of correct samples of each problem. texts, rows: n per problem, in turn."""
+    counts = {"math-verify": [], "rule": []}
+    for i in range(0, len(texts), n):
+        pairs = list(zip(texts[i : i + n], rows[i : i + n]))
+        counts["math-verify"].append(sum(eval_reward(t, r["answer"]) for t, r in pairs))
+        counts["rule"].append(sum(math_reward(t, r["answer"]) for t, r in pairs))
+    return counts
+
+
+def grade(counts: dict, n: int, grader: str) -> dict:
+    """Pass@k (k = 1, 2, 4, ..., n) under `grader` and both graders' accuracy, from correct_counts."""
     res = {}
     for k in sorted({2**j for j in range(n.bit_length())} | {n}):
-        res[f"pass@{k}"] = sum(pass_at_k(n, c, k) for c in correct) / len(correct)
-    for name, m in marks.items():
-        res[f"accuracy/{name}"] = sum(m) / len(m)
+        res[f"pass@{k}"] = sum(pass_at_k(n, c, k) for c in counts[grader]) / len(counts[grader])
+    for name, c in counts.items():
+        res[f"accuracy/{name}"] = sum(c) / (n * len(c))
     return res
 
 
@@ -678,9 +712,165 @@ def pad_right(x, T: int):
     return torch.cat([x, x.new_zeros(x.shape[0], T - x.shape[1], *x.shape[2:])], 1)
 
 
-def main(args: Args) -> dict:
-    validate(args)
+# Scale-out: torchrun + FSDP2 data parallelism, bf16 compute over fp32 masters, resumable checkpoints
+def init_distributed() -> tuple:
+    """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK: join the process group (NCCL on GPUs, gloo on CPU).
+    A plain `python` launch is rank 0 of 1, and nothing below communicates. Returns (rank, world, device)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CUDA_VISIBLE_DEVICES= forces the CPU
+    if "RANK" not in os.environ:
+        return 0, 1, device
+    if dist.is_initialized():  # a caller (a test) has already joined
+        return dist.get_rank(), dist.get_world_size(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def shard(model, args: Args):
+    """FSDP2: each decoder layer, then the root (embeddings, final norm, lm_head), is one unit whose parameters,
+    gradients and AdamW states are split over the ranks and all-gathered around its forward and backward.
+    --dtype bfloat16: bf16 compute on fp32 master weights, gradients reduced in fp32."""
+    param_dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for layer in model.base_model.layers:
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy, reshard_after_forward=False)  # token_logprobs uses lm_head after forward
+    return model
+
+
+@contextlib.contextmanager
+def full_weights(model):
+    """Rollouts under FSDP2: all-gather every unit once and keep it through every decode step, then free it. No
+    all-gather per token, so ranks may stop decoding at different lengths. Without FSDP2 it does nothing."""
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield model
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(unit is not model, recurse=False)  # as shard() set them
+
+
+def rank_share(items: list, per: int, rank: int, world: int) -> list:
+    """Rank r takes the r-th run of `per` items in every block of world * per: mini-batch j of all ranks together
+    is mini-batch j of one process, so N ranks take the same optimizer steps as one process on the same rows."""
+    return [x for i, x in enumerate(items) if (i // per) % world == rank]
+
+
+def mean_over_ranks(log: dict, world: int, device) -> dict:
+    """Each logged scalar averaged over ranks (every rank holds as many rows)."""
+    if world == 1:
+        return log
+    values = torch.tensor(list(log.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return dict(zip(log, (values / world).tolist()))
+
+
+def save_checkpoint(path: str, model, optimizer, state: dict, rank: int, world: int):
+    """Model and optimizer through torch.distributed.checkpoint (each rank writes its own shard), plus this rank's
+    step, data order and RNG states. Written to PATH.tmp, renamed once every rank is done: PATH is always whole."""
+    tmp = f"{path}.tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
+    barrier(world)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp, no_dist=world == 1)
+    torch.save(dict(state, world=world), os.path.join(tmp, f"trainer_state_rank{rank}.pt"))
+    barrier(world)
+    if rank == 0:
+        os.replace(tmp, path)
+    barrier(world)
+
+
+def trainer_state(path: str, rank: int, world: int) -> dict:
+    """This rank's step, data order and RNG states from a checkpoint folder, checked before any heavy work."""
+    state_file = os.path.join(path, f"trainer_state_rank{rank}.pt")
+    if not (os.path.isfile(os.path.join(path, ".metadata")) and os.path.isfile(state_file)):
+        fail("--resume-from", f"{path!r} is not a complete checkpoint-<step> folder: pass one that --save-every wrote")
+    state = torch.load(state_file, weights_only=False)  # our own file: python and torch RNG states
+    if state["world"] != world:
+        fail("--resume-from", f"{path!r} was written by {state['world']} ranks: resume with as many")
+    return state
+
+
+def load_checkpoint(path: str, model, optimizer, world: int):
+    """The model and optimizer of save_checkpoint, filled in place (each rank reads its own shard)."""
+    model_state, optim_state = get_state_dict(model, optimizer)
+    both = {"model": model_state, "optim": optim_state}
+    dcp.load(both, checkpoint_id=path, no_dist=world == 1)
+    set_state_dict(model, optimizer, model_state_dict=both["model"], optim_state_dict=both["optim"])
+
+
+# one process saves and loads its checkpoint without a process group, as intended
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+
+
+def barrier(world: int):
+    if world > 1:
+        dist.barrier()
+
+
+def old_and_ref_logprobs(model, ref_model, batch: dict, args: Args, world: int, device) -> tuple:
+    """log pi_old and log pi_ref of every completion token, [B, T] each, scored by the training model on the
+    update's micro-batches (so the first ratio is exactly 1); pi_ref is pi_old when there is no KL term."""
+    micros, score = (
+        split_batch(batch, args.micro_batch_size),
+        dict(temperature=args.temperature, noise=args.noise, tau_g=args.tau_g),
+    )
+    with torch.no_grad(), autocast(args, device, world):
+        logp_old = torch.cat([token_logprobs(model.train(), mb, **score)[0] for mb in micros])
+        if ref_model is None:
+            return logp_old, logp_old
+        return logp_old, torch.cat([token_logprobs(ref_model, mb, **score)[0] for mb in micros])
+
+
+def ppo_update(model, optimizer, batch: dict, args: Args, world: int, device, step: int = 0) -> tuple:
+    """PPO mini-batches over this rank's rows, one optimizer step each; micro-batches accumulate gradients.
+    The loss is normalised by the whole mini-batch (all micro-batches, all ranks), so N ranks step as one process.
+    Returns the per-micro-batch statistics and the last global gradient norm."""
+    G, stats = args.group_size, []
+    loss_kw = dict(clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high, dual_clip=args.dual_clip, beta=args.beta)
+    loss_kw.update(loss_agg_mode=args.loss_agg_mode, max_len=args.max_new_tokens)
+    for mini in split_batch(batch, args.mini_batch_prompts // world * G):
+        tokens = mini["completion_mask"].sum().float()
+        if world > 1:
+            dist.all_reduce(tokens)
+        loss_kw.update(token_total=tokens.item(), seq_total=len(mini["advantages"]) * world)
+        optimizer.zero_grad()
+        micros = split_batch(mini, args.micro_batch_size)
+        for mb in micros:
+            with autocast(args, device, world):
+                logp, entropy = token_logprobs(model, mb, args.temperature, args.noise, args.tau_g)
+            loss, st = grpo_loss(
+                logp, mb["logp_old"], mb["logp_ref"], mb["advantages"], mb["completion_mask"], **loss_kw
+            )
+            if not torch.isfinite(loss):
+                raise SystemExit(f"error: non-finite loss at step {step}: lower --learning-rate or use --dtype float32")
+            (loss * world).backward()  # FSDP2 averages gradients over ranks; this loss is already the global mean
+            st["entropy"] = entropy[mb["completion_mask"].bool()].mean()
+            stats.append({"loss": loss.detach() * len(micros) * world, **st})  # averages to the mini-batch loss
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)  # global under FSDP2
+        optimizer.step()
+    return stats, grad_norm
+
+
+def autocast(args: Args, device, world: int):
+    """--dtype bfloat16 in one process: bf16 matmuls over fp32 weights (under FSDP2 its MixedPrecisionPolicy casts)."""
+    return torch.autocast(device.type, torch.bfloat16, enabled=args.dtype == "bfloat16" and world == 1)
+
+
+def main(args: Args) -> dict:
+    rank, world, device = init_distributed()
+    validate(args, world)
+    resume = trainer_state(args.resume_from, rank, world) if args.resume_from else None
+    if rank == 0 and not args.model_name_or_path:
+        build_toy_base(args)  # once: the other ranks find it cached
+    barrier(world)
     path = args.model_name_or_path or build_toy_base(args)
     random.seed(args.seed)  # after the toy build, which seeds itself: a cached and a fresh toy give the same run
     torch.manual_seed(args.seed)
@@ -693,6 +883,10 @@ def main(args: Args) -> dict:
             f"cannot load {path!r} ({str(e).splitlines()[0][:100]}): pass a Hub id or a model folder",
         )
     tok.pad_token = tok.pad_token or tok.eos_token  # Llama has none; masks, not pad ids, mark the padding here
+    think_ids = tok(args.think_end, add_special_tokens=False)["input_ids"]
+    if not think_ids:
+        fail("--think-end", f"{args.think_end!r} encodes to no token")
+    think_end_id = think_ids[-1]  # the last token of its encoding, as the official think_end_str_id
     train_raw, eval_raw = toy_splits(args)  # the built-in task, unless --dataset / --eval-dataset replace it
     if args.dataset and not (args.eval_only and args.eval_dataset):  # --eval-only needs no training data
         train_raw = load_rows(args.dataset, "--dataset", args)
@@ -708,79 +902,97 @@ def main(args: Args) -> dict:
     if not eval_rows or not (train_rows or args.eval_only):
         fail("--max-prompt-length", f"every prompt is longer than {args.max_prompt_length} tokens: raise it")
 
-    def load_model():
-        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(device)
+    def load_model(dtype=torch.float32):  # fp32 master weights; --dtype sets the compute dtype
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return shard(model, args) if world > 1 else model
 
     model = load_model()  # after the data checks: bad input fails before a large download
     eos = model.generation_config.eos_token_id  # int or list (Llama-3 instruct stops at <|eot_id|> too)
     eos_ids = {tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
     stop_ids = torch.tensor(sorted(eos_ids), device=device)
-    think_ids = tok(args.think_end, add_special_tokens=False)["input_ids"]
-    if not think_ids:
-        fail("--think-end", f"{args.think_end!r} encodes to no token")
-    think_end_id = think_ids[-1]  # the last token of its encoding, as the official think_end_str_id
-    run_name = f"{os.path.basename(path.rstrip('/'))}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = [f"{os.path.basename(path.rstrip('/'))}__{args.exp_name}__{args.seed}__{int(time.time())}"]
+    if world > 1:
+        dist.broadcast_object_list(run_name)  # rank 0's clock names the run
+    run_name, writer = run_name[0], None
     run_dir = os.path.join(args.output_dir, run_name)
-    if args.track:
+    if args.track and rank == 0:
         import wandb
 
         project = dict(project=args.wandb_project_name, entity=args.wandb_entity)
         wandb.init(**project, name=run_name, config=vars(args), sync_tensorboard=True, save_code=True)
-    writer = SummaryWriter(run_dir)
-    table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
     n_skipped = skipped + eval_skipped
-    print(f"{run_name}: {len(train_rows)} train / {len(eval_rows)} eval prompts, {n_skipped} skipped as too long")
-    generator = torch.Generator(device).manual_seed(args.seed)  # every sampling draw: reproducible rollouts
+    if rank == 0:  # only rank 0 writes logs, eval JSONs and models
+        writer = SummaryWriter(run_dir)
+        table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+        print(f"{run_name}: {len(train_rows)} train / {len(eval_rows)} eval prompts, {n_skipped} skipped as too long")
+    # every sampling draw: reproducible rollouts, a different stream on each rank
+    generator = torch.Generator(device).manual_seed(args.seed + 10**6 * rank)
     summary = {"run_dir": run_dir, "skipped_prompts": n_skipped}
 
     def run_eval(step: int) -> dict:
-        """n samples per held-out problem in each of --eval-settings: Pass@k (--eval-grader), both accuracies."""
+        """n samples per held-out problem in each of --eval-settings: Pass@k (--eval-grader), both accuracies.
+        Each rank decodes every world-th problem; the correct counts are gathered."""
         t0, n = time.time(), args.eval_samples
-        todo = []  # each problem n times in a row
-        for r in eval_rows:
+        todo = []  # each of this rank's problems n times in a row
+        for r in eval_rows[rank::world]:
             todo += [r] * n
         max_new = args.eval_max_new_tokens or args.max_new_tokens
         res = {}
         for name in args.eval_settings:
             sampling = dict(EVAL_SETTINGS[name], think_end_id=think_end_id)
-            out = generate(model.eval(), tok, todo, args.rollout_batch_size, max_new, stop_ids, generator, **sampling)
-            for k, v in grade(decode(tok, out), todo, n, args.eval_grader).items():
+            with full_weights(model.eval()), autocast(args, device, world):
+                out = generate(model, tok, todo, args.rollout_batch_size, max_new, stop_ids, generator, **sampling)
+            counts = correct_counts(decode(tok, out), todo, n)
+            if world > 1:
+                shares = [None] * world
+                dist.all_gather_object(shares, counts)
+                counts = {g: [c for share in shares for c in share[g]] for g in counts}
+            for k, v in grade(counts, n, args.eval_grader).items():
                 res[f"{name}/{k}"] = v
-        for k, v in res.items():
-            writer.add_scalar(f"eval/{k}", v, step)
-        tqdm.write(f"eval step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in res.items()))
-        record = dict(run=run_name, step=step, model=path, n=n, problems=len(eval_rows), time=time.time() - t0)
-        record.update(settings={k: EVAL_SETTINGS[k] for k in args.eval_settings}, grader=args.eval_grader, **res)
-        with open(os.path.join(run_dir, f"eval_step{step}.json"), "w") as f:
-            json.dump(record, f, indent=1)
+        if rank == 0:
+            for k, v in res.items():
+                writer.add_scalar(f"eval/{k}", v, step)
+            tqdm.write(f"eval step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in res.items()))
+            record = dict(run=run_name, step=step, model=path, n=n, problems=len(eval_rows), time=time.time() - t0)
+            record.update(settings={k: EVAL_SETTINGS[k] for k in args.eval_settings}, grader=args.eval_grader, **res)
+            with open(os.path.join(run_dir, f"eval_step{step}.json"), "w") as f:
+                json.dump(record, f, indent=1)
         return res
 
-    summary["eval_before"] = run_eval(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01)  # fp32 states
+    G, order, first_step = args.group_size, [], 1
+    if resume:  # the weights, optimizer, data order and RNG states at the end of step `resume["step"]`
+        load_checkpoint(args.resume_from, model, optimizer, world)
+        first_step, order = resume["step"] + 1, resume["order"]
+        random.setstate(resume["python_rng"])
+        torch.set_rng_state(resume["torch_rng"])
+        generator.set_state(resume["generator"])
+    else:
+        summary["eval_before"] = run_eval(0)
     if args.eval_only:
         return summary
     ref_model = None  # a frozen copy of the initial policy, loaded only when the KL term is on
     if args.beta > 0:
-        ref_model = load_model().eval().requires_grad_(False)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01)
-    G, order, t_start = args.group_size, [], time.time()
-    loss_kw = dict(clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high, dual_clip=args.dual_clip, beta=args.beta)
-    loss_kw.update(loss_agg_mode=args.loss_agg_mode, max_len=args.max_new_tokens)
+        ref_model = load_model(getattr(torch, args.dtype)).eval().requires_grad_(False)  # no master weights needed
     train_sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, think_end_id=think_end_id)
     train_sampling.update(answer_top_k=args.answer_top_k, answer_top_p=args.answer_top_p, tau_g=args.tau_g)
     train_sampling.update(noise_scale=args.noise_scale, noise=args.noise)
-    for step in (pbar := tqdm(range(1, args.total_steps + 1), desc="GRPO")):
-        # 1. Rollout: G completions for each of prompts_per_step prompts, sampled by the current policy
+    t_start = time.time()
+    for step in (pbar := tqdm(range(first_step, args.total_steps + 1), desc="GRPO", disable=rank > 0)):
+        # 1. Rollout: G completions for each of this rank's share of prompts_per_step prompts, by the current policy
         t0 = time.time()
         if len(order) < args.prompts_per_step:  # a fresh shuffle per epoch over the training prompts
             order += random.sample(range(len(train_rows)), len(train_rows))
+        prompts = [train_rows[order.pop()] for _ in range(args.prompts_per_step)]  # the same on every rank
         rows = []  # [B*G]: each prompt G times in a row
-        for _ in range(args.prompts_per_step):
-            rows += [train_rows[order.pop()]] * G
+        for prompt in rank_share(prompts, args.mini_batch_prompts // world, rank, world):
+            rows += [prompt] * G
         max_new, chunk = args.max_new_tokens, args.rollout_batch_size
-        batch = generate(model.eval(), tok, rows, chunk, max_new, stop_ids, generator, **train_sampling)
+        with full_weights(model.eval()), autocast(args, device, world):
+            batch = generate(model, tok, rows, chunk, max_new, stop_ids, generator, **train_sampling)
         texts = decode(tok, batch)
         rewards = torch.tensor([math_reward(t, r["answer"]) for t, r in zip(texts, rows)])  # [B*G]
         batch["advantages"] = group_advantages(rewards, G, not args.dr_grpo).to(device)  # [B*G]
@@ -788,36 +1000,13 @@ def main(args: Args) -> dict:
 
         # 2. Old and reference log-probs, recomputed by the training model (not the sampler's numbers)
         t0 = time.time()
-        with torch.no_grad():  # the same micro-batches as the update below, so the first ratio is exactly 1
-            micros = split_batch(batch, args.micro_batch_size)
-            logp_old = [token_logprobs(model.train(), mb, args.temperature, args.noise, args.tau_g)[0] for mb in micros]
-            batch["logp_old"] = torch.cat(logp_old)  # [B*G, T]
-            batch["logp_ref"] = batch["logp_old"]
-            if ref_model is not None:
-                logp_ref = [token_logprobs(ref_model, mb, args.temperature, args.noise, args.tau_g)[0] for mb in micros]
-                batch["logp_ref"] = torch.cat(logp_ref)
+        batch["logp_old"], batch["logp_ref"] = old_and_ref_logprobs(model, ref_model, batch, args, world, device)
 
-        # 3. PPO mini-batches, one optimizer step each; micro-batches accumulate gradients
-        stats = []
-        for mini in split_batch(batch, args.mini_batch_prompts * G):
-            optimizer.zero_grad()
-            micros = split_batch(mini, args.micro_batch_size)
-            for mb in micros:
-                logp, entropy = token_logprobs(model, mb, args.temperature, args.noise, args.tau_g)
-                loss, st = grpo_loss(
-                    logp, mb["logp_old"], mb["logp_ref"], mb["advantages"], mb["completion_mask"], **loss_kw
-                )
-                if not torch.isfinite(loss):
-                    msg = f"error: non-finite loss at step {step}: lower --learning-rate or use --dtype float32"
-                    raise SystemExit(msg)
-                (loss / len(micros)).backward()  # as verl: each micro-batch loss divided by the accumulation count
-                st["entropy"] = entropy[mb["completion_mask"].bool()].mean()
-                stats.append({"loss": loss.detach(), **st})
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
+        # 3. PPO mini-batches, one optimizer step each
+        stats, grad_norm = ppo_update(model, optimizer, batch, args, world, device, step)
         train_time = time.time() - t0
 
-        # 4. Logging with TRL's metric names
+        # 4. Logging with TRL's metric names, averaged over ranks
         group_std = rewards.view(-1, G).std(1)
         stopped = torch.isin(batch["completion_ids"], stop_ids).any(1).float()  # [B*G]: reached a stop token
         log = {k: torch.stack([s[k] for s in stats]).mean().item() for k in stats[0]}
@@ -829,17 +1018,19 @@ def main(args: Args) -> dict:
         log["grad_norm"] = grad_norm.item()
         log["perf/gen_time"] = gen_time
         log["perf/train_time"] = train_time
-        log["perf/gen_tokens_per_s"] = gen_tokens / gen_time
+        log["perf/gen_tokens_per_s"] = gen_tokens / gen_time  # per rank
         soft = batch["soft_mask"] & batch["completion_mask"].bool()  # [B*G, T]: soft positions before the stop
         top1 = soft_weights(batch["soft_y"][soft], args.noise, args.tau_g).max(-1).values  # [M]: largest weights
         ended = (batch["completion_ids"] == think_end_id) & batch["completion_mask"].bool()  # [B*G, T]
         log["soft/thinking_length"] = soft.sum(1).float().mean().item()
         log["soft/top1_weight"] = top1.mean().nan_to_num().item()
         log["soft/frac_think_end"] = ended.any(1).float().mean().item()
-        for k, v in log.items():
-            writer.add_scalar(k, v, step)
+        log = mean_over_ranks(log, world, device)
+        if rank == 0:
+            for k, v in log.items():
+                writer.add_scalar(k, v, step)
         pbar.set_postfix(reward=f"{log['reward']:.3f}", step_s=f"{gen_time + train_time:.1f}")
-        if args.log_completions_every and step % args.log_completions_every == 0:
+        if rank == 0 and args.log_completions_every and step % args.log_completions_every == 0:
             samples = []  # the first completion of the first 4 groups
             for i in range(0, min(4 * G, len(rows)), G):
                 samples.append(
@@ -849,12 +1040,20 @@ def main(args: Args) -> dict:
         if args.eval_every and step % args.eval_every == 0 and step < args.total_steps:
             run_eval(step)
         if args.save_every and step % args.save_every == 0:
-            save_pretrained_atomic(model, tok, os.path.join(run_dir, f"checkpoint-{step}"))
+            rng = dict(python_rng=random.getstate(), torch_rng=torch.get_rng_state(), generator=generator.get_state())
+            path_s = os.path.join(run_dir, f"checkpoint-{step}")
+            save_checkpoint(path_s, model, optimizer, dict(step=step, order=order, **rng), rank, world)
         summary.update(log)
 
     summary.update(eval_after=run_eval(args.total_steps), train_wall_time=time.time() - t_start)
-    save_pretrained_atomic(model, tok, os.path.join(run_dir, "final"))
-    writer.close()
+    # the final model is a save_pretrained folder; under FSDP2 rank 0 gathers the full weights first
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state_dict = get_model_state_dict(model, options=options) if world > 1 else None
+    if rank == 0:
+        save_pretrained_atomic(model, tok, os.path.join(run_dir, "final"), state_dict)
+        writer.close()
+    if world > 1:
+        dist.destroy_process_group()
     return summary
 
 

@@ -76,7 +76,9 @@ def test_grade_gives_pass_at_k_for_n_not_a_power_of_two(M):
         for i in range(n):
             texts.append(f"\\boxed{{{p if i < c else p + 100}}}")
             rows.append({"answer": str(p)})
-    res = M.grade(texts, rows, n, "math-verify")
+    counts = M.correct_counts(texts, rows, n)
+    assert counts == {"math-verify": correct, "rule": correct}
+    res = M.grade(counts, n, "math-verify")
     assert set(res) == {"pass@1", "pass@2", "pass@4", "pass@6", "accuracy/math-verify", "accuracy/rule"}
     for k in (1, 2, 4, 6):
         expected = sum(1 - math.comb(n - c, k) / math.comb(n, k) for c in correct) / len(correct)
@@ -84,7 +86,8 @@ def test_grade_gives_pass_at_k_for_n_not_a_power_of_two(M):
     assert res["accuracy/math-verify"] == res["accuracy/rule"] == sum(correct) / (n * len(correct))
     for i in range(n, 2 * n):  # problem 1 (one right sample, "1"): only math-verify sees that 1 = 2/2
         rows[i] = {"answer": "\\frac{2}{2}"}
-    assert M.grade(texts, rows, n, "rule")["pass@1"] < M.grade(texts, rows, n, "math-verify")["pass@1"]
+    counts = M.correct_counts(texts, rows, n)
+    assert M.grade(counts, n, "rule")["pass@1"] < M.grade(counts, n, "math-verify")["pass@1"]
 
 
 def test_clipped_surrogate_and_dual_clip_on_a_batch(M):

@@ -1,0 +1,83 @@
+"""Run by tests/test_grpo_scale.py under `torchrun --nproc-per-node 2 tests/grpo_dist_worker.py SCRIPT OUT CACHE`:
+one PPO update of each rank's share of fixed rollout rows (compared there with one process on all rows), then a
+short 2-rank training run of the script's main. Also imported by that test for the rows and the settings."""
+
+import importlib
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# 4 prompts x G 4 in 2 mini-batches of 2 prompts, micro-batches of 2 rows: on 2 ranks each rank steps on 1 prompt
+# (2 micro-batches) per mini-batch. No clipping, so a wrong gradient scale shows in the parameters.
+TINY = dict(toy_hidden_size=32, toy_num_layers=1, toy_sft_steps=30, prompts_per_step=4, group_size=4)
+TINY.update(mini_batch_prompts=2, micro_batch_size=2, rollout_batch_size=16, max_new_tokens=12, max_grad_norm=1e9)
+TINY.update(eval_problems=4, eval_samples=2, learning_rate=1e-2)
+CPU = torch.device("cpu")
+
+
+def fixed_batch(M, args):
+    """The same rollout rows on every rank and in every process: toy prompts, a fixed generator, rewards that vary
+    within each group, log pi_old from the unsharded model."""
+    path = M.build_toy_base(args)
+    tok = M.AutoTokenizer.from_pretrained(path)
+    model = M.AutoModelForCausalLM.from_pretrained(path)
+    prompts = M.render_prompts(tok, M.toy_splits(args)[0][: args.prompts_per_step], 10**9)[0]
+    rows = [p for p in prompts for _ in range(args.group_size)]
+    stop_ids = torch.tensor([tok.eos_token_id])
+    g = torch.Generator().manual_seed(0)
+    sampling = dict(temperature=1.0, top_k=0, top_p=1.0)
+    if M.__name__ == "sofT_grpo":  # the paper's soft-thinking sampler
+        sampling.update(top_k=5, top_p=0.95, answer_top_k=5, answer_top_p=0.95, tau_g=0.1, noise_scale=1.0)
+        sampling.update(noise="gumbel", think_end_id=tok.convert_tokens_to_ids("</think>"))
+    batch = M.generate(model, tok, rows, 16, args.max_new_tokens, stop_ids, g, **sampling)
+    rewards = torch.arange(len(rows)).remainder(3).eq(0).float()  # 1 0 0 1 | 0 0 1 0 | ...
+    batch["advantages"] = M.group_advantages(rewards, args.group_size)
+    batch["logp_old"], batch["logp_ref"] = M.old_and_ref_logprobs(model, None, batch, args, 1, CPU)
+    return path, batch
+
+
+def rows_of_rank(M, batch, args, rank, world):
+    """This rank's rows: its share of the prompts (M.rank_share), each prompt's G rows."""
+    G, per = args.group_size, args.mini_batch_prompts // world
+    keep = M.rank_share(list(range(args.prompts_per_step)), per, rank, world)
+    idx = torch.tensor([p * G + g for p in keep for g in range(G)])
+    return {k: v[idx] for k, v in batch.items()}
+
+
+def one_update(M, args, rank, world, shard):
+    """SGD (its step is proportional to the gradient, unlike Adam's first step) on this rank's rows.
+    Returns the full weights after the update and the gradient norm the update saw."""
+    path, batch = fixed_batch(M, args)
+    model = M.AutoModelForCausalLM.from_pretrained(path)
+    if shard:
+        M.shard(model, args)
+    optimizer = torch.optim.SGD(model.parameters(), lr=10.0)  # large: every tensor moves far beyond the tolerance
+    _, grad_norm = M.ppo_update(model.train(), optimizer, rows_of_rank(M, batch, args, rank, world), args, world, CPU)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    if shard:
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=options), float(grad_norm)
+    return model.state_dict(), float(grad_norm)
+
+
+if __name__ == "__main__":
+    script, out, cache = sys.argv[1:4]
+    M = importlib.import_module(script)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    args = M.Args(**TINY, toy_cache_dir=cache, output_dir=out)
+    if rank == 0:
+        M.build_toy_base(args)
+    dist.barrier()
+    weights, grad_norm = one_update(M, args, rank, world, shard=True)
+    if rank == 0:
+        torch.save({"weights": weights, "grad_norm": grad_norm}, os.path.join(out, "two_ranks_update.pt"))
+    # a short 2-rank run through main (it finds the process group joined and tears it down at the end)
+    summary = M.main(M.replace(args, total_steps=2, save_every=1, gradient_checkpointing=True))
+    if rank == 0:
+        torch.save(summary, os.path.join(out, "summary.pt"))

@@ -1,0 +1,140 @@
+"""Scale-out of both GRPO scripts on CPU: 2 gloo ranks under torchrun take the same optimizer step as one process,
+a 2-rank run with FSDP2 trains and writes once, bf16 compute keeps fp32 masters, resume equals an uninterrupted run,
+and bad world sizes or resume folders get one-line errors."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from grpo_dist_worker import TINY, fixed_batch, one_update
+from safetensors.torch import load_file
+
+import discrete_grpo
+import sofT_grpo
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = {"discrete_grpo": discrete_grpo, "sofT_grpo": sofT_grpo}
+
+
+@pytest.fixture(scope="module", params=list(SCRIPTS))
+def two_ranks(request, tmp_path_factory):
+    """One torchrun launch per script: the 2-rank update of fixed rows, then a 2-step 2-rank run."""
+    out = tmp_path_factory.mktemp(request.param)
+    cache = str(out / "cache")
+    worker = os.path.join(REPO, "tests", "grpo_dist_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", worker]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd + [request.param, str(out), cache], env=env, capture_output=True, text=True, timeout=420)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return SCRIPTS[request.param], out, cache
+
+
+def test_two_ranks_step_like_one_process(two_ranks):
+    M, out, cache = two_ranks
+    saved = torch.load(out / "two_ranks_update.pt")
+    args = M.Args(**TINY, toy_cache_dir=cache)
+    before = M.AutoModelForCausalLM.from_pretrained(M.build_toy_base(args)).state_dict()
+    weights, grad_norm = one_update(M, args, rank=0, world=1, shard=False)
+    assert abs(saved["grad_norm"] - grad_norm) < 1e-5 * grad_norm  # the global norm, not a rank's
+    for name, w in weights.items():
+        assert (saved["weights"][name] - w).abs().max() < 1e-5, name
+        assert (w - before[name]).abs().max() > 1e-4, name  # moved: half or twice the step would show
+
+
+def test_two_rank_run_trains_and_rank_0_writes_once(two_ranks):
+    M, out, cache = two_ranks
+    summary = torch.load(out / "summary.pt", weights_only=False)
+    assert torch.isfinite(torch.tensor(summary["loss"]))
+    run_dir = summary["run_dir"]
+    assert sorted(os.listdir(run_dir)) == sorted(
+        ["checkpoint-1", "checkpoint-2", "eval_step0.json", "eval_step2.json", "final"]
+        + [os.path.basename(f) for f in glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))]
+    )
+    assert len(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))) == 1  # one TensorBoard writer
+    for step in (1, 2):  # each rank's shard and trainer state, complete (no .tmp left)
+        files = os.listdir(os.path.join(run_dir, f"checkpoint-{step}"))
+        assert {".metadata", "trainer_state_rank0.pt", "trainer_state_rank1.pt"} <= set(files)
+    base = load_file(glob.glob(os.path.join(cache, "toy-base-*", "model.safetensors"))[0])
+    final = load_file(os.path.join(run_dir, "final", "model.safetensors"))  # gathered by rank 0
+    for name, p in base.items():
+        assert final[name].dtype == torch.float32 and not torch.equal(final[name], p), name
+
+
+@pytest.fixture(params=list(SCRIPTS))
+def M(request):
+    return SCRIPTS[request.param]
+
+
+def test_micro_batches_take_the_step_of_the_whole_mini_batch(M, tmp_path):
+    """The loss is normalised by the mini-batch's token count, not each micro-batch's: splitting a mini-batch into
+    micro-batches (or ranks) must not change the step."""
+    args = M.Args(**TINY, toy_cache_dir=str(tmp_path))
+    split, _ = one_update(M, args, rank=0, world=1, shard=False)  # micro-batches of 2 rows
+    whole, _ = one_update(M, M.replace(args, micro_batch_size=8), rank=0, world=1, shard=False)  # one per mini-batch
+    for name, w in whole.items():
+        assert (split[name] - w).abs().max() < 1e-5, name
+
+
+def test_bad_world_size_is_one_line(M, capsys):
+    args = M.Args(**TINY)
+    for world, flag in ((3, "--prompts-per-step"), (4, "--prompts-per-step")):
+        with pytest.raises(SystemExit) as e:
+            M.validate(args, world)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(f"error: {flag}") and err.count("\n") == 1
+    M.validate(args, 2)  # 2 ranks split 4 prompts in mini-batches of 2
+    with pytest.raises(SystemExit):  # 1 prompt x G 4 per rank per mini-batch: micro-batches of 3 do not divide it
+        M.validate(M.replace(args, micro_batch_size=3), 2)
+    assert "--micro-batch-size" in capsys.readouterr().err
+
+
+def test_bf16_compute_keeps_fp32_masters_that_a_1e6_step_moves(M, tmp_path):
+    args = M.Args(**{**TINY, "learning_rate": 1e-6}, toy_cache_dir=str(tmp_path), dtype="bfloat16")
+    path, batch = fixed_batch(M, args)
+    model = M.AutoModelForCausalLM.from_pretrained(path).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dtypes = []
+    model.base_model.layers[0].mlp.down_proj.register_forward_hook(lambda mod, i, o: dtypes.append(o.dtype))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
+    M.ppo_update(model, optimizer, batch, args, 1, torch.device("cpu"))
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # the matmuls ran in bf16
+    changed = changed_in_bf16 = total = 0
+    for name, w in model.state_dict().items():
+        assert w.dtype == torch.float32, name
+        changed += (w != before[name]).sum().item()
+        changed_in_bf16 += (w.bfloat16() != before[name].bfloat16()).sum().item()
+        total += w.numel()
+    # the fp32 masters took the step; bf16 weights would have rounded nearly all of it away
+    assert changed > 0.5 * total and changed_in_bf16 < 0.05 * total, (changed, changed_in_bf16, total)
+
+
+def test_resume_equals_the_uninterrupted_run(M, tmp_path):
+    args = M.Args(**{**TINY, "total_steps": 4, "max_grad_norm": 1.0}, eval_every=2, save_every=2)
+    args = M.replace(args, toy_cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "straight"))
+    straight = M.main(args)
+    ckpt = os.path.join(straight["run_dir"], "checkpoint-2")
+    resumed = M.main(M.replace(args, resume_from=ckpt, output_dir=str(tmp_path / "resumed")))
+    for key in straight:
+        if key not in ("run_dir", "eval_before", "train_wall_time") and not key.startswith("perf/"):
+            assert resumed[key] == straight[key], key
+
+    files = os.listdir(resumed["run_dir"])
+    assert "eval_step4.json" in files and "eval_step0.json" not in files and "checkpoint-4" in files
+    a = load_file(os.path.join(straight["run_dir"], "final", "model.safetensors"))
+    b = load_file(os.path.join(resumed["run_dir"], "final", "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_from_a_missing_or_incomplete_folder(M, tmp_path, capsys):
+    args = M.Args(**TINY, toy_cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path))
+    partial = tmp_path / "checkpoint-2.tmp"
+    partial.mkdir()
+    (partial / ".metadata").write_bytes(b"")  # a killed save: no trainer state
+    for folder in (tmp_path / "nowhere", partial):
+        with pytest.raises(SystemExit) as e:
+            M.main(M.replace(args, resume_from=str(folder)))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: --resume-from") and err.count("\n") == 1
