@@ -20,6 +20,15 @@ TINY.update(eval_problems=4, eval_samples=2, learning_rate=1e-2)
 CPU = torch.device("cpu")
 
 
+def sampling_of(M, tok) -> dict:
+    """Training sampling flags: plain T = 1 for discrete GRPO, the paper's soft-thinking sampler for SofT-GRPO."""
+    sampling = dict(temperature=1.0, top_k=0, top_p=1.0)
+    if M.__name__ == "sofT_grpo":
+        sampling.update(top_k=5, top_p=0.95, answer_top_k=5, answer_top_p=0.95, tau_g=0.1, noise_scale=1.0)
+        sampling.update(noise="gumbel", think_end_id=tok.convert_tokens_to_ids("</think>"))
+    return sampling
+
+
 def fixed_batch(M, args):
     """The same rollout rows on every rank and in every process: toy prompts, a fixed generator, rewards that vary
     within each group, log pi_old from the unsharded model."""
@@ -30,11 +39,7 @@ def fixed_batch(M, args):
     rows = [p for p in prompts for _ in range(args.group_size)]
     stop_ids = torch.tensor([tok.eos_token_id])
     g = torch.Generator().manual_seed(0)
-    sampling = dict(temperature=1.0, top_k=0, top_p=1.0)
-    if M.__name__ == "sofT_grpo":  # the paper's soft-thinking sampler
-        sampling.update(top_k=5, top_p=0.95, answer_top_k=5, answer_top_p=0.95, tau_g=0.1, noise_scale=1.0)
-        sampling.update(noise="gumbel", think_end_id=tok.convert_tokens_to_ids("</think>"))
-    batch = M.generate(model, tok, rows, 16, args.max_new_tokens, stop_ids, g, **sampling)
+    batch = M.generate(model, tok, rows, 16, args.max_new_tokens, stop_ids, g, **sampling_of(M, tok))
     rewards = torch.arange(len(rows)).remainder(3).eq(0).float()  # 1 0 0 1 | 0 0 1 0 | ...
     batch["advantages"] = M.group_advantages(rewards, args.group_size)
     batch["logp_old"], batch["logp_ref"] = M.old_and_ref_logprobs(model, None, batch, args, 1, CPU)
@@ -65,6 +70,33 @@ def one_update(M, args, rank, world, shard):
     return model.state_dict(), float(grad_norm)
 
 
+def rollout_all_gathers(M, args, path, batch):
+    """All-gathers issued by a 24-token rollout of the sharded model under full_weights: one per FSDP unit."""
+    model = M.shard(M.AutoModelForCausalLM.from_pretrained(path), args)
+    calls, originals = [], {}
+    for name in ("all_gather_into_tensor", "all_gather_single"):  # FSDP2's all-gather, by torch version
+        originals[name] = getattr(dist, name, None)
+        if originals[name] is not None:
+            setattr(dist, name, counting(originals[name], calls))
+    rows = [{"prompt_ids": ids[mask.bool()].tolist()} for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"])]
+    tok = M.AutoTokenizer.from_pretrained(path)
+    never = torch.tensor([-1])  # no stop token: every row decodes all 24 tokens
+    with torch.no_grad(), M.full_weights(model.eval()):
+        M.generate(model, tok, rows[:4], 4, 24, never, torch.Generator().manual_seed(0), **sampling_of(M, tok))
+    for name, fn in originals.items():
+        if fn is not None:
+            setattr(dist, name, fn)
+    return len(calls)
+
+
+def counting(fn, calls: list):
+    def wrapper(*a, **k):
+        calls.append(fn.__name__)
+        return fn(*a, **k)
+
+    return wrapper
+
+
 if __name__ == "__main__":
     script, out, cache = sys.argv[1:4]
     M = importlib.import_module(script)
@@ -75,8 +107,10 @@ if __name__ == "__main__":
         M.build_toy_base(args)
     dist.barrier()
     weights, grad_norm = one_update(M, args, rank, world, shard=True)
+    gathers = rollout_all_gathers(M, args, *fixed_batch(M, args))
     if rank == 0:
-        torch.save({"weights": weights, "grad_norm": grad_norm}, os.path.join(out, "two_ranks_update.pt"))
+        saved = {"weights": weights, "grad_norm": grad_norm, "rollout_all_gathers": gathers}
+        torch.save(saved, os.path.join(out, "two_ranks_update.pt"))
     # a short 2-rank run through main (it finds the process group joined and tears it down at the end)
     summary = M.main(M.replace(args, total_steps=2, save_every=1, gradient_checkpointing=True))
     if rank == 0:

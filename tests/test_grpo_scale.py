@@ -44,6 +44,12 @@ def test_two_ranks_step_like_one_process(two_ranks):
         assert (w - before[name]).abs().max() > 1e-4, name  # moved: half or twice the step would show
 
 
+def test_a_rollout_all_gathers_each_unit_once_not_per_token(two_ranks):
+    M, out, _ = two_ranks
+    units = TINY["toy_num_layers"] + 1  # each decoder layer and the root
+    assert torch.load(out / "two_ranks_update.pt")["rollout_all_gathers"] == units
+
+
 def test_two_rank_run_trains_and_rank_0_writes_once(two_ranks):
     M, out, cache = two_ranks
     summary = torch.load(out / "summary.pt", weights_only=False)
