@@ -6,6 +6,7 @@ with the Gumbel log-density of its stored perturbed logits (the paper's Gumbel r
 as in the parent; the GRPO loss is the parent's, unchanged. Reading map and notes: docs/sofT_grpo.md.
     python sofT_grpo.py                                   # toy task + tiny model on a CPU (time: benchmarks/)
     python sofT_grpo.py --preset r1-distill-qwen-1.5b     # the paper's setting, one GPU
+    torchrun --nproc-per-node 8 sofT_grpo.py --preset r1-distill-qwen-7b --save-every 20  # 8 GPUs, FSDP2
     python sofT_grpo.py --preset r1-distill-qwen-1.5b --model-name-or-path ./ckpt --eval-only  # paper's soft evals
     python sofT_grpo.py --noise dirichlet                 # the paper's noise ablation (--tau-g does not apply)
 """
@@ -128,7 +129,7 @@ class Args:
 # The official training scripts (SofT-GRPO-deepscaler-8k*.sh): batch and optimizer, loss and lengths, data, eval
 _PAPER = dict(learning_rate=1e-6, group_size=8, prompts_per_step=64, mini_batch_prompts=32, micro_batch_size=2)
 _PAPER.update(beta=0.001, clip_eps=0.2, dual_clip=3.0, max_new_tokens=8192, total_steps=629)
-_PAPER.update(dataset="agentica-org/DeepScaleR-Preview-Dataset", rollout_batch_size=64, gradient_checkpointing=True)
+_PAPER.update(dataset="agentica-org/DeepScaleR-Preview-Dataset", rollout_batch_size=32, gradient_checkpointing=True)
 _PAPER.update(eval_dataset="HuggingFaceH4/MATH-500", eval_problems=500, eval_samples=32, eval_max_new_tokens=32768)
 _PAPER.update(dtype="bfloat16")  # bf16 compute over fp32 masters; a GPU preset, memory table in docs/discrete_grpo.md
 PRESETS = {
@@ -137,7 +138,9 @@ PRESETS = {
     "llama-3.2-3b-instruct": dict(_PAPER, model_name_or_path="meta-llama/Llama-3.2-3B-Instruct", eval_every=20),
     "r1-distill-qwen-7b": dict(_PAPER, model_name_or_path="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", eval_every=20),
 }
-PRESETS["r1-distill-qwen-7b"].update(micro_batch_size=1)  # 3B and 7B need FSDP over 8 GPUs (torchrun)
+# 3B and 7B need FSDP over 8 GPUs (torchrun); fewer rows decoded at once, so a 32k-token eval's KV cache fits
+PRESETS["r1-distill-qwen-7b"].update(micro_batch_size=1, rollout_batch_size=16)
+PRESETS["llama-3.2-3b-instruct"].update(rollout_batch_size=16)
 
 # The paper's soft-thinking evaluations (official run_sample_gumbel.sh for SofT-GRPO models, run_sample_gumbel_raw.sh
 # for base and discrete-GRPO models) and noise-free Soft Thinking (Zhang et al., arXiv 2505.15778: 10 components,
