@@ -48,6 +48,7 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen2Tokenizer,
+    StaticCache,
 )
 
 AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
@@ -80,6 +81,8 @@ class Args:
     dtype: Literal["float32", "bfloat16"] = "float32"
     """compute dtype; the weights and AdamW states stay fp32 (bf16 weights would round lr-1e-6 updates away)"""
     gradient_checkpointing: bool = False  # trade compute for memory in the training forward pass
+    compile: bool = False
+    """fast rollouts: a fixed-shape KV cache and a torch.compile'd one-token step (CUDA graphs on GPU); eager: off"""
     # Toy task and toy base model (used when --model-name-or-path / --dataset are not given)
     toy_num_ops: int = 2  # difficulty: number of +/- operations per problem
     toy_max_operand: int = 9  # operands are drawn from 1..toy_max_operand
@@ -430,28 +433,49 @@ def sample_step(logits, embed, generator, temperature: float, top_k: int, top_p:
 
 
 @torch.no_grad()
-def rollout(model, prompt_ids, prompt_mask, max_new_tokens: int, stop_ids, generator, **sampling) -> dict:
+def rollout(
+    model, prompt_ids, prompt_mask, max_new_tokens: int, stop_ids, generator, compiled=None, **sampling
+) -> dict:
     """Batched KV-cache decoding fed with inputs_embeds. prompt_ids, prompt_mask: [B, P], left-padded.
+    compiled: None (eager: a growing DynamicCache) or --compile's compiled model: a StaticCache of fixed shape, the
+    prompt prefilled eagerly, then every one-token step compiled, with `done` read every SYNC_EVERY steps.
     Returns completion_ids / completion_mask [B, T]; the mask runs up to and including the first stop token."""
     embed, attn = model.get_input_embeddings(), prompt_mask
     pos = (attn.cumsum(-1) - 1).clamp(min=0)  # [B, P]: left padding must not shift the positions
-    cache = DynamicCache(config=model.config)  # passed as `cache=`: transformers 5.24 renamed `past_key_values`
+    cache, forward = DynamicCache(config=model.config), model  # `cache=`: transformers 5.24 renamed past_key_values
+    if compiled is not None:  # fixed shapes: cache and mask span whole 128-token blocks, so few lengths ever compile
+        length = -(-(attn.shape[1] + max_new_tokens) // 128) * 128
+        cache = StaticCache(config=model.config, max_cache_len=length)
+        attn = torch.cat([attn, attn.new_ones(attn.shape[0], length - attn.shape[1])], 1)  # causality hides the rest
     inputs, done, tokens = embed(prompt_ids), torch.zeros_like(prompt_ids[:, 0], dtype=torch.bool), []
-    for _ in range(max_new_tokens):
-        out = model(
+    for t in range(max_new_tokens):
+        out = forward(
             inputs_embeds=inputs, attention_mask=attn, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1
         )
         tok, next_embed, _ = sample_step(out.logits[:, -1].float(), embed, generator, **sampling)
         tokens.append(tok)
         done |= torch.isin(tok, stop_ids)
-        if done.all():  # sync point (one per step on GPU); rows that finished early keep decoding, masked out below
+        # a host sync (every step when eager); rows that finished early keep decoding, masked out below
+        if (compiled is None or t % SYNC_EVERY == 0) and done.all():
             break
         inputs = next_embed[:, None]  # [B, 1, H]
-        attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], 1)
-        pos = pos[:, -1:] + 1
+        if compiled is None:
+            attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], 1)
+        pos, forward = pos[:, -1:] + 1, model if compiled is None else compiled
     ids = torch.stack(tokens, 1)  # [B, T]
+    ids = ids[:, : eager_length(ids, stop_ids)]
     stop = torch.isin(ids, stop_ids).long()
     return {"completion_ids": ids, "completion_mask": (stop.cumsum(1) - stop == 0).long()}
+
+
+SYNC_EVERY = 16  # --compile: decode steps between two reads of `done` (each read waits for the device)
+
+
+def eager_length(ids, stop_ids) -> int:
+    """The T at which the eager loop stops: the step where the last row emits a stop token (else every step).
+    --compile's loop reads `done` less often, so it cuts its extra steps here."""
+    ended = (torch.isin(ids, stop_ids).cumsum(1) > 0).all(0)  # [T]: every row has stopped by step t
+    return int(ended.int().argmax()) + 1 if ended.any() else ids.shape[1]
 
 
 LOGPROB_CHUNK = 256  # completion positions scored at a time: the fp32 logits never exceed [B, 256, V]
@@ -584,7 +608,7 @@ def split_batch(batch: dict, size: int) -> list:
     return [{k: v[i : i + size] for k, v in batch.items()} for i in starts]
 
 
-def generate(model, tok, rows: list, chunk: int, max_new_tokens: int, stop_ids, generator, **sampling) -> dict:
+def generate(model, tok, rows: list, chunk: int, max_new_tokens: int, stop_ids, generator, compiled=None, **sampling):
     """Rollouts for rows, decoded `chunk` rows at a time (bounds the KV-cache memory).
     Prompts are left-padded to one P; completions are right-padded with zeros to one T."""
     P = max(len(r["prompt_ids"]) for r in rows)
@@ -598,7 +622,7 @@ def generate(model, tok, rows: list, chunk: int, max_new_tokens: int, stop_ids, 
     outs = []
     for i in range(0, len(rows), chunk):
         ids, mask = prompt_ids[i : i + chunk], prompt_mask[i : i + chunk]
-        outs.append(rollout(model, ids, mask, max_new_tokens, stop_ids, generator, **sampling))
+        outs.append(rollout(model, ids, mask, max_new_tokens, stop_ids, generator, compiled, **sampling))
     T = max(o["completion_ids"].shape[1] for o in outs)
     batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask}
     for key in outs[0]:  # every stored [b, t, ...] tensor
@@ -801,6 +825,9 @@ def main(args: Args) -> dict:
         return shard(model, args) if world > 1 else model
 
     model = load_model()  # after the data checks: bad input fails before a large download
+    compiled = None  # --compile: each rank compiles its own rollout step; CUDA graphs replay it on a GPU
+    if args.compile:
+        compiled = torch.compile(model, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
     eos = model.generation_config.eos_token_id  # int or list (Llama-3 instruct stops at <|eot_id|> too)
     eos_ids = {tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
     stop_ids = torch.tensor(sorted(eos_ids), device=device)
@@ -834,7 +861,9 @@ def main(args: Args) -> dict:
         max_new = args.eval_max_new_tokens or args.max_new_tokens
         sampling = dict(temperature=args.eval_temperature, top_k=args.eval_top_k, top_p=args.eval_top_p)
         with full_weights(model.eval()), autocast(args, device, world):
-            out = generate(model, tok, todo, args.rollout_batch_size, max_new, stop_ids, generator, **sampling)
+            out = generate(
+                model, tok, todo, args.rollout_batch_size, max_new, stop_ids, generator, compiled, **sampling
+            )
         counts = correct_counts(decode(tok, out), todo, n)
         if world > 1:
             shares = [None] * world
@@ -878,7 +907,7 @@ def main(args: Args) -> dict:
             rows += [prompt] * G
         max_new, chunk = args.max_new_tokens, args.rollout_batch_size
         with full_weights(model.eval()), autocast(args, device, world):
-            batch = generate(model, tok, rows, chunk, max_new, stop_ids, generator, **train_sampling)
+            batch = generate(model, tok, rows, chunk, max_new, stop_ids, generator, compiled, **train_sampling)
         texts = decode(tok, batch)
         rewards = torch.tensor([math_reward(t, r["answer"]) for t, r in zip(texts, rows)])  # [B*G]
         batch["advantages"] = group_advantages(rewards, G, not args.dr_grpo).to(device)  # [B*G]

@@ -1,6 +1,7 @@
 """Run by tests/test_grpo_scale.py under `torchrun --nproc-per-node 2 tests/grpo_dist_worker.py SCRIPT OUT CACHE`:
 one PPO update of each rank's share of fixed rollout rows (compared there with one process on all rows), then a
-short 2-rank training run of the script's main. Also imported by that test for the rows and the settings."""
+short 2-rank training run of the script's main with --compile and --gradient-checkpointing. Also imported by the
+tests for the rows and the settings."""
 
 import importlib
 import os
@@ -112,6 +113,6 @@ if __name__ == "__main__":
         saved = {"weights": weights, "grad_norm": grad_norm, "rollout_all_gathers": gathers}
         torch.save(saved, os.path.join(out, "two_ranks_update.pt"))
     # a short 2-rank run through main (it finds the process group joined and tears it down at the end)
-    summary = M.main(M.replace(args, total_steps=2, save_every=1, gradient_checkpointing=True))
+    summary = M.main(M.replace(args, total_steps=2, save_every=1, gradient_checkpointing=True, compile=True))
     if rank == 0:
         torch.save(summary, os.path.join(out, "summary.pt"))
