@@ -9,6 +9,7 @@ as in the parent; the GRPO loss is the parent's, unchanged. Reading map and note
     torchrun --nproc-per-node 8 sofT_grpo.py --preset r1-distill-qwen-7b --save-every 20  # 8 GPUs, FSDP2
     python sofT_grpo.py --preset r1-distill-qwen-1.5b --model-name-or-path ./ckpt --eval-only  # paper's soft evals
     python sofT_grpo.py --noise dirichlet                 # the paper's noise ablation (--tau-g does not apply)
+    python sofT_grpo.py --compile   # rollouts on a static KV cache with a compiled step (CUDA graphs on a GPU)
 """
 
 import contextlib
@@ -100,7 +101,7 @@ class Args:
     group_size: int = 8  # G: completions sampled per prompt
     prompts_per_step: int = 16  # prompts per rollout step (the paper: 64)
     mini_batch_prompts: int = 8  # prompts per PPO mini-batch = per optimizer step (the paper: 32, 2 updates per step)
-    micro_batch_size: int = 64  # completions per forward/backward; gradients accumulate over a mini-batch
+    micro_batch_size: int = 64  # completions per forward/backward (at most a rank's mini-batch); grads accumulate
     rollout_batch_size: int = 128  # completions decoded together (bounds the KV-cache memory), in training and eval
     max_new_tokens: int = 48  # maximum completion length in training
     temperature: float = 1.0  # T of training rollouts, thinking and answer, and of their log-probs (0: greedy)
@@ -187,11 +188,16 @@ def validate(args: Args, world: int = 1):
         msg = f"{world} ranks cannot split {args.prompts_per_step} prompts in mini-batches of {args.mini_batch_prompts}"
         fail("--prompts-per-step", f"{msg}: use multiples of the world size (torchrun --nproc-per-node)")
     mini_batch = args.mini_batch_prompts // world * args.group_size  # completions per mini-batch on one rank
-    if mini_batch % args.micro_batch_size:
+    if mini_batch % micro_size(args, world):
         msg = f"{args.micro_batch_size} does not divide a mini-batch of {mini_batch} completions per rank"
         fail("--micro-batch-size", msg)
     if args.top_k < 1 or args.tau_g <= 0:
         fail("--top-k/--tau-g", "a soft token needs --top-k >= 1 components and --tau-g > 0")
+
+
+def micro_size(args: Args, world: int) -> int:
+    """Completions per forward/backward: --micro-batch-size, capped at the mini-batch a rank holds."""
+    return min(args.micro_batch_size, args.mini_batch_prompts // world * args.group_size)
 
 
 # Task: problems, the paper's prompt, the rule-based reward
@@ -846,10 +852,8 @@ def barrier(world: int):
 def old_and_ref_logprobs(model, ref_model, batch: dict, args: Args, world: int, device) -> tuple:
     """log pi_old and log pi_ref of every completion token, [B, T] each, scored by the training model on the
     update's micro-batches (so the first ratio is exactly 1); pi_ref is pi_old when there is no KL term."""
-    micros, score = (
-        split_batch(batch, args.micro_batch_size),
-        dict(temperature=args.temperature, noise=args.noise, tau_g=args.tau_g),
-    )
+    micros = split_batch(batch, micro_size(args, world))
+    score = dict(temperature=args.temperature, noise=args.noise, tau_g=args.tau_g)  # the soft positions' density
     with torch.no_grad(), autocast(args, device, world):
         logp_old = torch.cat([token_logprobs(model.train(), mb, **score)[0] for mb in micros])
         if ref_model is None:
@@ -870,7 +874,7 @@ def ppo_update(model, optimizer, batch: dict, args: Args, world: int, device, st
             dist.all_reduce(tokens)
         loss_kw.update(token_total=tokens.item(), seq_total=len(mini["advantages"]) * world)
         optimizer.zero_grad()
-        micros = split_batch(mini, args.micro_batch_size)
+        micros = split_batch(mini, micro_size(args, world))
         for mb in micros:
             with autocast(args, device, world):
                 logp, entropy = token_logprobs(model, mb, args.temperature, args.noise, args.tau_g)

@@ -92,6 +92,7 @@ def test_bad_world_size_is_one_line(M, capsys):
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.startswith(f"error: {flag}") and err.count("\n") == 1
     M.validate(args, 2)  # 2 ranks split 4 prompts in mini-batches of 2
+    M.validate(M.Args(), 2)  # the default toy runs on 2 ranks: micro-batches are capped at a rank's mini-batch
     with pytest.raises(SystemExit):  # 1 prompt x G 4 per rank per mini-batch: micro-batches of 3 do not divide it
         M.validate(M.replace(args, micro_batch_size=3), 2)
     assert "--micro-batch-size" in capsys.readouterr().err
