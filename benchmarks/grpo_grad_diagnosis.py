@@ -121,33 +121,38 @@ def summary(values) -> dict:
     }
 
 
-class LogitsTap:
-    """Stands in for the model inside a script's token_logprobs and keeps the logits, with their gradient."""
+@torch.no_grad()
+def scoring_logits(logp_fn, model, batch, temperature: float):
+    """[B, T, V] fp32 logits / T that score each completion token, read off the output head while the script's own
+    token_logprobs runs (a forward hook: the script may call the head once or chunk by chunk over T)."""
+    outputs = []
 
-    def __init__(self, model):
-        self.model, self.logits = model, None
+    def keep(module, inputs, out):
+        outputs.append(out)
 
-    def get_input_embeddings(self):
-        return self.model.get_input_embeddings()
+    hook = model.get_output_embeddings().register_forward_hook(keep)
+    try:
+        logp_fn(model, batch)
+    finally:
+        hook.remove()
+    logits = torch.cat(outputs, 1).float()
+    T = batch["completion_ids"].shape[1]
+    return logits[:, :T] / temperature  # a single call also covers the last position, which scores nothing
 
-    def __call__(self, **kwargs):
-        out = self.model(**kwargs)
-        if out.logits.requires_grad:
-            out.logits.retain_grad()
-        self.logits = out.logits
-        return out
 
-
-def logit_grad_norms(logp_fn, model, masks: dict) -> dict:
-    """Per-token ||d log pi(a_t) / d z_t||: one backward pass of sum(log pi) over all positions (each log pi depends
-    on its own logits row only, the inputs being fixed). logp_fn(model) -> [B, T]. masks: name -> [B, T] bool."""
-    tap = LogitsTap(model)
-    logp = logp_fn(tap)
-    any_mask = torch.stack(list(masks.values())).any(0)
-    logp[any_mask].sum().backward()
-    grad = tap.logits.grad[:, :-1].float().norm(dim=-1)  # [B, T]: the row at t-1 scores token t
-    model.zero_grad(set_to_none=True)
-    return {name: summary(grad[m]) for name, m in masks.items()}, logp.detach(), tap.logits.detach()[:, :-1].float()
+def logit_grad_norms(s, logits, batch, masks: dict, soft_scoring: bool, noise: str):
+    """Per-token ||d log pi(a_t) / d z_t|| ([B, T]) w.r.t. the logits z_t (already / T) of the position scoring t:
+    the categorical log-softmax of the emitted token, or, at soft positions when soft_scoring, the script's own
+    soft_log_density of the stored (ids, y), which depends on the k logits of the stored ids only."""
+    z = logits.clone().requires_grad_(True)
+    z.log_softmax(-1).gather(-1, batch["completion_ids"][..., None]).sum().backward()
+    norms = z.grad.norm(dim=-1)  # [B, T]
+    if soft_scoring:
+        soft = masks["thinking"]
+        z_ids = logits.gather(-1, batch["soft_ids"])[soft].requires_grad_(True)  # [M, k]
+        s.soft_log_density(z_ids, batch["soft_y"][soft], noise).sum().backward()
+        norms = norms.masked_scatter(soft, z_ids.grad.norm(dim=-1))  # row-major order, as the script's scatter
+    return norms
 
 
 def param_grad_norms(logp_fn, model, masks: dict, per_mask: int, rng) -> dict:
@@ -254,8 +259,9 @@ def one_update(mod, model, batch, masks, args, logp_fn, train_on="completion_mas
     out = {"grad_norm_before_clip": grad_norm}
     if soft_scoring:  # which soft positions changed their kept set, and what their ratios did
         soft = masks["thinking"][n:]
-        z_old = soft_logits(logp_fn, base_model, second)[soft]
-        z_new = soft_logits(logp_fn, model, second)[soft]
+        ids = second["soft_ids"]
+        z_old = scoring_logits(logp_fn, base_model, second, args.temperature).gather(-1, ids)[soft]
+        z_new = scoring_logits(logp_fn, model, second, args.temperature).gather(-1, ids)[soft]
         flipped = kept_set_changes(z_old, z_new)  # [M]
         change = (logp - old_second)[soft].abs()
         out["frac_soft_kept_set_changed"] = flipped.float().mean().item()
@@ -269,14 +275,6 @@ def one_update(mod, model, batch, masks, args, logp_fn, train_on="completion_mas
         out[f"kl_{name}"] = st["kl"].item()
         out[f"abs_log_ratio_{name}"] = (logp - old_second)[m2].abs().mean().item()
     return out
-
-
-@torch.no_grad()
-def soft_logits(logp_fn, model, batch):
-    """[B, T, k] logits of the stored ids at each position, from the script's own scoring pass."""
-    tap = LogitsTap(model)
-    logp_fn(tap, batch)
-    return tap.logits[:, :-1].float().gather(-1, batch["soft_ids"])
 
 
 def kl_to_base(mod, logp_fn, model, base, batch, masks, beta) -> dict:
@@ -326,7 +324,9 @@ def diagnose(d, s, model, base, tok, rows, args, dargs, seed, per_mask, is_base)
             return f(m, b)
 
         model.train()  # as in the update (the toy has no dropout; the mode only matters for real models)
-        grads, _, logits = logit_grad_norms(logp_of, model, masks)
+        logits = scoring_logits(logp_two, model, batch, args.temperature)
+        grad_z = logit_grad_norms(s, logits, batch, masks, soft_scoring, args.noise)
+        grads = {name: summary(grad_z[m]) for name, m in masks.items()}
         r = {
             "reward": batch["rewards"].mean().item(),
             "completion_length": batch["completion_mask"].sum(1).float().mean().item(),

@@ -488,3 +488,23 @@ def test_loss_grad_split_parts_add_up_and_equal_a_hand_gradient():
     assert out["cosine_thinking_answer"] == pytest.approx(0.0)  # disjoint parameters
     # every row thinks at the same single step: shuffling A within a group only permutes the gradient's entries
     assert out["norm_thinking_shuffled_advantages"] == pytest.approx(out["norm_thinking"])
+
+
+def test_logit_grad_norms_of_the_categorical_and_the_gumbel_log_density_by_hand():
+    # V = 3, logits 0 everywhere. Step 0 is a soft position storing ids (0, 1) with y = log(1/2) + (0, 1); step 1
+    # is an answer token (id 1). Categorical: d log p_x / dz = onehot(x) - p, p = 1/3 each: norm sqrt(6) / 3.
+    # Gumbel density over the two stored ids, both kept (log q = log 1/2 > -3): the mean of phi(g_i), with
+    # d phi / d log q_i = 1 - exp(-g_i) = 0 and 1 - 1/e, and d log q_2 / dz = (-1/2, 1/2, 0):
+    # norm (1 - 1/e) / 2 / sqrt 2.
+    s = grpo_grad_diagnosis.load_script(ROOT, "sofT_grpo")
+    logits = torch.zeros(1, 2, 3)
+    batch = {
+        "completion_ids": torch.tensor([[0, 1]]),
+        "soft_ids": torch.tensor([[[0, 1], [1, 0]]]),
+        "soft_y": math.log(0.5 + 1e-6) + torch.tensor([[[0.0, 1.0], [0.0, 0.0]]]),
+    }
+    masks = {"thinking": torch.tensor([[True, False]]), "answer": torch.tensor([[False, True]])}
+    categorical = grpo_grad_diagnosis.logit_grad_norms(s, logits, batch, masks, False, "gumbel")
+    assert categorical[0].tolist() == pytest.approx([math.sqrt(6) / 3] * 2, rel=1e-6)
+    soft = grpo_grad_diagnosis.logit_grad_norms(s, logits, batch, masks, True, "gumbel")
+    assert soft[0].tolist() == pytest.approx([(1 - math.exp(-1)) / 2 / math.sqrt(2), math.sqrt(6) / 3], rel=1e-4)
