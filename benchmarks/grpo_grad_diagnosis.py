@@ -27,6 +27,7 @@ import argparse
 import copy
 import importlib.util
 import json
+import math
 import os
 import random
 import sys
@@ -268,6 +269,11 @@ def one_update(mod, model, batch, masks, args, logp_fn, train_on="completion_mas
         out["abs_log_ratio_soft_kept_set_changed"] = change[flipped].mean().item() if flipped.any() else 0.0
         out["abs_log_ratio_soft_kept_set_same"] = change[~flipped].mean().item()
         out["share_of_soft_abs_log_ratio_from_changed"] = (change[flipped].sum() / change.sum().clamp(min=1e-30)).item()
+        # components that top-p dropped at sampling carry y = log(1e-6) + g <= -10.8: the official sampler stores
+        # zero-probability ids there (whatever topk returns among zeros), this one the true next-ranked ids
+        crossed = kept(z_old) != kept(z_new)  # [M, k]
+        dropped = second["soft_y"][soft] < TOP_P_FLOOR + 1e-3
+        out["share_of_crossings_on_top_p_dropped_ids"] = (crossed & dropped).sum().item() / max(crossed.sum().item(), 1)
     for name, m in masks.items():
         m2 = m[n:]
         _, st = mod.grpo_loss(logp, old_second, old_second, second["advantages"], m2.long(), beta=args.beta)
@@ -286,6 +292,26 @@ def kl_to_base(mod, logp_fn, model, base, batch, masks, beta) -> dict:
         _, st = mod.grpo_loss(logp, logp, logp_base, batch["advantages"], m.long(), beta=beta)
         out[f"kl_{name}"] = st["kl"].item()
     return out
+
+
+TOP_P_FLOOR = math.log(1e-6) + GUMBEL_CLAMP[1]  # y of a top-p-dropped component is log(0 + 1e-6) + g, g <= 3
+
+
+def official_top_p_slots(soft_log_density):
+    """soft_log_density as the official code effectively computes it when top-p dropped components at sampling.
+
+    The official sampler takes torch.topk of the top-k/top-p-renormalised FULL distribution, so a dropped slot holds
+    a zero-probability filler id (whichever topk returns among the zeros), whose training probability is ~0: it is
+    neither in q's normaliser nor in the log q > -3 mean. sofT_grpo.py stores the true next-ranked ids there, whose
+    q sits just under 1 - top_p = 0.05 ~ e^-3. Here a dropped slot (y at the log(1e-6) floor, noise scale <= 1)
+    gets logit -1e9, i.e. probability 0, as a filler id would."""
+
+    def density(z_ids, y, noise):
+        if noise != "gumbel":
+            return soft_log_density(z_ids, y, noise)
+        return soft_log_density(z_ids.masked_fill(y < TOP_P_FLOOR + 1e-3, -1e9), y, noise)
+
+    return density
 
 
 def logp_function(d, s, args, soft_scoring: bool):
@@ -312,11 +338,15 @@ def diagnose(d, s, model, base, tok, rows, args, dargs, seed, per_mask, is_base)
     discrete_batch = rollouts(d, model, tok, rows, dargs, generator, soft=False)
     arms = (
         ("sofT_grpo", s, soft_batch, True),
+        ("sofT_grpo_official_top_p_slots", s, soft_batch, True),
         ("discrete_loss_on_soft_rollouts", d, soft_batch, False),
         ("discrete_grpo", d, discrete_batch, False),
     )
     result = {}
+    original = s.soft_log_density
     for name, mod, batch, soft_scoring in arms:
+        # token_logprobs looks soft_log_density up in its module at call time: the patch reaches it
+        s.soft_log_density = official_top_p_slots(original) if name.endswith("top_p_slots") else original
         masks = position_masks(batch, think_end_id, "soft_mask" in batch)
         logp_two = logp_function(d, s, args, soft_scoring)
 
@@ -345,14 +375,16 @@ def diagnose(d, s, model, base, tok, rows, args, dargs, seed, per_mask, is_base)
         r["loss_grad"] = loss_grad_split(mod, logp_of, model, batch, masks, args.group_size, 5, seed)
         model.zero_grad(set_to_none=True)
         if is_base:
-            r["one_update"] = one_update(mod, model, batch, masks, args, logp_two, soft_scoring=soft_scoring)
+            kept_stats = name == "sofT_grpo"  # kept-set crossings of the script's own density
+            r["one_update"] = one_update(mod, model, batch, masks, args, logp_two, soft_scoring=kept_stats)
             # the same step with the thinking positions left out of the loss: what the thinking term costs the rest
             r["one_update_answer_only"] = one_update(
-                mod, model, batch, masks, args, logp_two, train_on="answer", soft_scoring=soft_scoring
+                mod, model, batch, masks, args, logp_two, train_on="answer", soft_scoring=kept_stats
             )
         elif base is not None:
             r["kl_to_base"] = kl_to_base(mod, logp_two, model, base, batch, masks, args.beta)
         result[name] = r
+    s.soft_log_density = original
     return result
 
 
@@ -399,11 +431,14 @@ def main(argv=None):
     parser.add_argument("--param-tokens", type=int, default=24, help="positions per kind for parameter gradients")
     parser.add_argument("--seed", type=int, default=1, help="seed of the prompts and rollouts")
     parser.add_argument("--tb", nargs="*", default=[], help="rl_benchmark.py sweep folders to read TensorBoard from")
+    parser.add_argument("--tb-only", action="store_true", help="only read --tb, measure no model")
     parser.add_argument("--json", default=None, help="write the result here")
     parser.add_argument("--discrete-flags", default="", help="discrete_grpo.py flags of its rollouts, e.g. '--top-k 5'")
     a = parser.parse_args(own)
     if a.prompts < 2 or a.param_tokens < 1:
         parser.error("--prompts must be >= 2 and --param-tokens >= 1")
+    if a.tb_only:
+        return report({"tensorboard": tb_scalars(a.tb)}, a.json)
     d, s = load_script(a.repo_dir, "discrete_grpo"), load_script(a.repo_dir, "sofT_grpo")
     args = s.cli(script)
     dargs = d.cli(a.discrete_flags.split())  # discrete GRPO's own rollout flags (T 1.0, no top-k/top-p by default)
@@ -427,13 +462,17 @@ def main(argv=None):
             result[label]["path"] = path
     if a.tb:
         result["tensorboard"] = tb_scalars(a.tb)
+    return report(result, a.json)
+
+
+def report(result, path):
+    """Print the result as JSON and, if path is given, write it there (temp file + rename)."""
     text = json.dumps(result, indent=1, default=float)
     print(text)
-    if a.json:
-        tmp = a.json + ".tmp"
-        with open(tmp, "w") as f:
+    if path:
+        with open(path + ".tmp", "w") as f:
             f.write(text)
-        os.replace(tmp, a.json)
+        os.replace(path + ".tmp", path)
     return result
 
 
