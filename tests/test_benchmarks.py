@@ -508,3 +508,23 @@ def test_logit_grad_norms_of_the_categorical_and_the_gumbel_log_density_by_hand(
     assert categorical[0].tolist() == pytest.approx([math.sqrt(6) / 3] * 2, rel=1e-6)
     soft = grpo_grad_diagnosis.logit_grad_norms(s, logits, batch, masks, True, "gumbel")
     assert soft[0].tolist() == pytest.approx([(1 - math.exp(-1)) / 2 / math.sqrt(2), math.sqrt(6) / 3], rel=1e-4)
+
+
+def test_official_top_p_slots_drop_the_top_p_dropped_component_from_the_density():
+    # top-k 3 probabilities .6, .35, .05; top-p 0.95 drops the third (.6 + .35 >= .95), so the sampler renormalises
+    # to .6/.95, .35/.95 and stores y = log(pi + 1e-6) + g, the third at the floor log(1e-6) + g. The official
+    # sampler stores a probability-0 filler id in that slot: the density is the mean of phi(g) over the first two,
+    # with g' = g exactly. sofT_grpo.py's stored third id has log q = log .05 = -2.996 > -3: it joins the mean
+    # with the constant phi(-1.5) = 1.5 - e^1.5.
+    s = grpo_grad_diagnosis.load_script(ROOT, "sofT_grpo")
+    z = torch.tensor([[0.6, 0.35, 0.05]]).log()
+    g = torch.tensor([[0.3, -0.2, 1.0]])
+    pi = torch.tensor([[0.6 / 0.95, 0.35 / 0.95, 0.0]])
+    y = torch.log(pi + 1e-6) + g
+    phi = -g - torch.exp(-g)
+    patched = grpo_grad_diagnosis.official_top_p_slots(s.soft_log_density)(z, y, "gumbel")
+    assert patched.item() == pytest.approx(phi[0, :2].mean().item(), abs=1e-4)
+    as_is = s.soft_log_density(z, y, "gumbel")
+    g1 = torch.log(pi[0, :2] + 1e-6) + g[0, :2] - torch.log(torch.tensor([0.6, 0.35]) + 1e-6)
+    phi1 = -g1 - torch.exp(-g1)
+    assert as_is.item() == pytest.approx((phi1.sum().item() + 1.5 - math.exp(1.5)) / 3, abs=1e-4)
