@@ -1,6 +1,7 @@
 """Tests for the benchmarks/ tools: the sweep runner (grids, a real two-job local sweep, restart), the RL report
 (AUC, final return, IQM against hand computations on synthetic TensorBoard runs), the GRPO report (mean, bootstrap
-CI and curve data on synthetic eval JSONs) and the thinking-position statistics on a hand-built logits tensor."""
+CI and curve data on synthetic eval JSONs), the thinking-position statistics on a hand-built logits tensor and the
+gradient-diagnosis statistics (Gumbel mask / clamp shares, kept-set changes, identical thinking, loss split)."""
 
 import json
 import math
@@ -16,6 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
+import grpo_grad_diagnosis  # noqa: E402
 import grpo_report  # noqa: E402
 import grpo_thinking_stats  # noqa: E402
 import rl_benchmark  # noqa: E402
@@ -420,3 +422,109 @@ def test_thinking_mask_keeps_the_steps_up_to_and_including_think_end():
     completion_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
     expected = [[True, True, True, False, False], [True, False, False, False, False], [True, True, True, True, False]]
     assert grpo_thinking_stats.thinking_mask(ids, completion_mask, END).tolist() == expected
+
+
+# ---------------------------------------------------------------- gradient diagnosis statistics
+
+
+def test_gumbel_mask_stats_on_hand_built_soft_positions():
+    # k = 3 stored ids per position. Row 0: q = .9, .06, .04 -> log q = -0.105, -2.81 (kept), -3.22 (masked); noise
+    # g' = 0.5, 3.5 (clamped high), -2 (masked, so not counted). Row 1: q ~ 1, 4.5e-5, 4.5e-5 -> only id 0 kept,
+    # g' = -1.6: clamped low, so the position has no gradient at all. Row 2: q = 1/3 each, g' = 0, 1, -1: all kept.
+    q = torch.tensor([[0.9, 0.06, 0.04], [1.0, math.exp(-10), math.exp(-10)], [1 / 3, 1 / 3, 1 / 3]])
+    z = q.log()  # logits of the stored ids
+    g = torch.tensor([[0.5, 3.5, -2.0], [-1.6, 0.0, 0.0], [0.0, 1.0, -1.0]])
+    y = torch.log(z.softmax(-1) + 1e-6) + g
+    st = grpo_grad_diagnosis.gumbel_mask_stats(z, y)
+    assert st["positions"] == 3
+    assert st["kept_components"] == pytest.approx((2 + 1 + 3) / 3)
+    assert st["frac_one_kept"] == pytest.approx(1 / 3)
+    assert st["frac_kept_clamped_low"] == pytest.approx(1 / 6)  # 6 kept components in all
+    assert st["frac_kept_clamped_high"] == pytest.approx(1 / 6)
+    assert st["frac_no_gradient"] == pytest.approx(1 / 3)
+
+    # the script's own log-density agrees: no gradient at row 1, some at rows 0 and 2
+    s = grpo_grad_diagnosis.load_script(ROOT, "sofT_grpo")
+    zg = z.clone().requires_grad_(True)
+    s.soft_log_density(zg, y, "gumbel").sum().backward()
+    assert zg.grad[1].abs().max() == 0
+    assert zg.grad[0].abs().max() > 0 and zg.grad[2].abs().max() > 0
+
+
+def test_kept_set_changes_when_a_component_crosses_log_q_minus_3():
+    # id 1 moves from q = 0.06 (log -2.81, kept) to 0.04 (log -3.22, masked); row 1 moves but keeps its set
+    z_old = torch.tensor([[0.90, 0.06, 0.04], [0.5, 0.3, 0.2]]).log()
+    z_new = torch.tensor([[0.92, 0.04, 0.04], [0.6, 0.2, 0.2]]).log()
+    assert grpo_grad_diagnosis.kept(z_old).tolist() == [[True, True, False], [True, True, True]]
+    assert grpo_grad_diagnosis.kept_set_changes(z_old, z_new).tolist() == [True, False]
+
+
+def test_identical_thinking_groups_compares_only_thinking_positions():
+    # G = 2. Group 0: same thinking tokens (7, 8), different answers (3 vs 4). Group 1: differs at thinking step 1.
+    ids = torch.tensor([[7, 8, 3], [7, 8, 4], [7, 8, 3], [7, 9, 3]])
+    thinking = torch.tensor([[True, True, False]] * 4)
+    assert grpo_grad_diagnosis.identical_thinking_groups(ids, thinking, 2) == 0.5
+    assert grpo_grad_diagnosis.identical_thinking_groups(ids, torch.zeros_like(thinking), 2) == 1.0
+
+
+def test_loss_grad_split_parts_add_up_and_equal_a_hand_gradient():
+    # log pi = w, one parameter per position: at ratio 1 the token-mean GRPO loss has d loss / d w[b, t] = -A_b / N
+    # at the N valid tokens. Thinking = step 0 of each row; answer = steps 1, 2 (row 3's step 2 is padding).
+    d = grpo_grad_diagnosis.load_script(ROOT, "discrete_grpo")
+    w = torch.nn.Parameter(torch.zeros(4, 3))
+    model = torch.nn.Module()
+    model.w = w
+    completion_mask = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 0]])
+    adv = torch.tensor([1.0, -1.0, 2.0, -2.0])  # two groups of G = 2
+    thinking = torch.tensor([[True, False, False]] * 4)
+    masks = {"thinking": thinking, "answer": completion_mask.bool() & ~thinking}
+    batch = {"completion_mask": completion_mask, "advantages": adv}
+    out = grpo_grad_diagnosis.loss_grad_split(d, lambda m: m.w * 1.0, model, batch, masks, 2, 3, 0)
+    n = 11
+    a2 = adv.pow(2)
+    assert out["norm_thinking"] == pytest.approx(math.sqrt(a2.sum().item()) / n)
+    assert out["norm_answer"] == pytest.approx(math.sqrt((2 * a2[:3].sum() + a2[3]).item()) / n)
+    assert out["norm_total"] == pytest.approx(math.sqrt((3 * a2[:3].sum() + 2 * a2[3]).item()) / n)
+    assert out["cosine_thinking_answer"] == pytest.approx(0.0)  # disjoint parameters
+    # every row thinks at the same single step: shuffling A within a group only permutes the gradient's entries
+    assert out["norm_thinking_shuffled_advantages"] == pytest.approx(out["norm_thinking"])
+
+
+def test_logit_grad_norms_of_the_categorical_and_the_gumbel_log_density_by_hand():
+    # V = 3, logits 0 everywhere. Step 0 is a soft position storing ids (0, 1) with y = log(1/2) + (0, 1); step 1
+    # is an answer token (id 1). Categorical: d log p_x / dz = onehot(x) - p, p = 1/3 each: norm sqrt(6) / 3.
+    # Gumbel density over the two stored ids, both kept (log q = log 1/2 > -3): the mean of phi(g_i), with
+    # d phi / d log q_i = 1 - exp(-g_i) = 0 and 1 - 1/e, and d log q_2 / dz = (-1/2, 1/2, 0):
+    # norm (1 - 1/e) / 2 / sqrt 2.
+    s = grpo_grad_diagnosis.load_script(ROOT, "sofT_grpo")
+    logits = torch.zeros(1, 2, 3)
+    batch = {
+        "completion_ids": torch.tensor([[0, 1]]),
+        "soft_ids": torch.tensor([[[0, 1], [1, 0]]]),
+        "soft_y": math.log(0.5 + 1e-6) + torch.tensor([[[0.0, 1.0], [0.0, 0.0]]]),
+    }
+    masks = {"thinking": torch.tensor([[True, False]]), "answer": torch.tensor([[False, True]])}
+    categorical = grpo_grad_diagnosis.logit_grad_norms(s, logits, batch, masks, False, "gumbel")
+    assert categorical[0].tolist() == pytest.approx([math.sqrt(6) / 3] * 2, rel=1e-6)
+    soft = grpo_grad_diagnosis.logit_grad_norms(s, logits, batch, masks, True, "gumbel")
+    assert soft[0].tolist() == pytest.approx([(1 - math.exp(-1)) / 2 / math.sqrt(2), math.sqrt(6) / 3], rel=1e-4)
+
+
+def test_official_top_p_slots_drop_the_top_p_dropped_component_from_the_density():
+    # top-k 3 probabilities .6, .35, .05; top-p 0.95 drops the third (.6 + .35 >= .95), so the sampler renormalises
+    # to .6/.95, .35/.95 and stores y = log(pi + 1e-6) + g, the third at the floor log(1e-6) + g. The official
+    # sampler stores a probability-0 filler id in that slot: the density is the mean of phi(g) over the first two,
+    # with g' = g exactly. sofT_grpo.py's stored third id has log q = log .05 = -2.996 > -3: it joins the mean
+    # with the constant phi(-1.5) = 1.5 - e^1.5.
+    s = grpo_grad_diagnosis.load_script(ROOT, "sofT_grpo")
+    z = torch.tensor([[0.6, 0.35, 0.05]]).log()
+    g = torch.tensor([[0.3, -0.2, 1.0]])
+    pi = torch.tensor([[0.6 / 0.95, 0.35 / 0.95, 0.0]])
+    y = torch.log(pi + 1e-6) + g
+    phi = -g - torch.exp(-g)
+    patched = grpo_grad_diagnosis.official_top_p_slots(s.soft_log_density)(z, y, "gumbel")
+    assert patched.item() == pytest.approx(phi[0, :2].mean().item(), abs=1e-4)
+    as_is = s.soft_log_density(z, y, "gumbel")
+    g1 = torch.log(pi[0, :2] + 1e-6) + g[0, :2] - torch.log(torch.tensor([0.6, 0.35]) + 1e-6)
+    phi1 = -g1 - torch.exp(-g1)
+    assert as_is.item() == pytest.approx((phi1.sum().item() + 1.5 - math.exp(1.5)) / 3, abs=1e-4)
