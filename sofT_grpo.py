@@ -574,6 +574,9 @@ def soft_log_density(z_ids, y, noise: str):
     """log-density of the stored action y [M, k] given the logits z_ids [M, k] (already / T) of its ids: the mean over
     components of the noise log-pdf at the noise that would give y under this policy
     (official torch_functional.py::logprobs_from_logits_topk_gumbel, _dirichlet, _normal)."""
+    if noise == "gumbel":  # a slot that top-p emptied (y = log(0 + 1e-6) + g, g <= 3) holds a probability-0 id in
+        # the official sampler (torch.topk over the top-p-renormalised vocabulary): it leaves q and the mean
+        z_ids = z_ids.masked_fill(y < math.log(1e-6) + GUMBEL_CLAMP[1] + 1e-3, -1e9)
     logq = z_ids.log_softmax(-1)  # q renormalised over the stored ids: only these k logits get gradient
     if noise == "gumbel":
         # + 1e-6 as in the sampler's y = log(pi + 1e-6) + g: at the sampling policy y - ell is exactly the drawn g

@@ -490,3 +490,17 @@ def test_a_few_sofT_grpo_steps_train_every_parameter_deterministically(tmp_path,
     _, s2 = run_tiny(tmp_path, monkeypatch, "b")
     assert weights_hash(os.path.join(s1["run_dir"], "final")) == weights_hash(os.path.join(s2["run_dir"], "final"))
     assert without_timings(s1) == without_timings(s2)
+
+
+def test_a_top_p_emptied_slot_leaves_the_gumbel_density():
+    """Probabilities (0.6, 0.35, 0.05) with top-p 0.9: the sampler keeps two components and stores y = log(1e-6) + g
+    in the third slot. As in the official sampler, whose slot holds a probability-0 id, the density is the mean of the
+    Gumbel log-pdf over the two kept components, with q renormalised over them (0.05 would pass log q > -3)."""
+    logits = torch.tensor([[0.6, 0.35, 0.05]]).log()
+    pi, ids = sg.topk_topp_probs(logits, 1.0, 3, 0.9)
+    assert torch.equal(ids, torch.tensor([[0, 1, 2]])) and pi[0, 2] == 0
+    y = torch.log(pi + 1e-6) + torch.tensor([[0.3, -0.2, 1.0]])
+    q = torch.tensor([0.6, 0.35]) / 0.95
+    g = y[0, :2] - torch.log(q + 1e-6)
+    expected = (-g - torch.exp(-g)).mean()
+    assert torch.allclose(sg.soft_log_density(logits, y, "gumbel"), expected[None], atol=1e-6)
