@@ -1,0 +1,136 @@
+"""Side-by-side speed of pmoe_sac.py / pmoe_ppo.py against CleanRL's own scripts (issue: faster than CleanRL).
+
+Every arm runs as its own process, arms interleaved within each repeat, so slow drift in the machine's load
+(other jobs) spreads over all arms alike. Per run it reports the whole wall time (process start to exit, compile
+included) and the SPS after warm-up, read from the wall clock of the TensorBoard `charts/SPS` events that every
+script writes (CleanRL's scripts too, unchanged): SPS = (last logged step - first step >= --warmup-step) /
+(wall time between those two events). CleanRL runs in its own environment (gymnasium 0.29, the v4 tasks), from a
+folder holding its two scripts and `cleanrl_utils/buffers.py` (SAC imports SB3's buffer from there).
+
+  python benchmarks/rl_speed.py sac --cleanrl-dir CLEANRL --cleanrl-python VENV/bin/python --threads 1 2 --repeats 2
+  python benchmarks/rl_speed.py ppo --cleanrl-dir CLEANRL --cleanrl-python VENV/bin/python --dry-run
+"""
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# per algorithm: CleanRL's script, ours, the env ids (CleanRL speaks gymnasium 0.29: v4), the steps, the first step
+# counted (after learning_starts / the first iterations, so compiling is excluded), and PMOE's K
+ALGOS = {
+    "sac": dict(
+        cleanrl="sac_continuous_action.py",
+        ours="pmoe_sac.py",
+        cleanrl_env="HalfCheetah-v4",
+        env="HalfCheetah-v5",
+        steps=6500,
+        common="--learning-starts 5000",
+        warmup_step=5500,
+        k=4,
+    ),
+    "ppo": dict(
+        cleanrl="ppo_continuous_action.py",
+        ours="pmoe_ppo.py",
+        cleanrl_env="HalfCheetah-v4",
+        env="HalfCheetah-v5",
+        steps=5 * 2048,
+        common="",
+        warmup_step=2 * 2048,
+        k=5,
+    ),
+}
+
+
+def arms(algo, cleanrl_dir, cleanrl_python):
+    """name -> (argv, working directory). Ours: eager and --compile, at K=1 and at PMOE's K."""
+    spec = ALGOS[algo]
+    common = spec["common"].split() + ["--total-timesteps", str(spec["steps"]), "--seed", "1", "--no-cuda"]
+    result = {"cleanrl": ([cleanrl_python, spec["cleanrl"], "--env-id", spec["cleanrl_env"]] + common, cleanrl_dir)}
+    ours = [sys.executable, os.path.join(REPO, spec["ours"]), "--env-id", spec["env"], "--eval-episodes", "0"] + common
+    for k in (1, spec["k"]):
+        result[f"ours_K{k}"] = (ours + ["--num-experts", str(k)], None)
+        result[f"ours_K{k}_compile"] = (ours + ["--num-experts", str(k), "--compile"], None)
+    return result
+
+
+def sps_after(run_dir, warmup_step):
+    """SPS between the first charts/SPS event at or after warmup_step and the last one, by the events' wall clock."""
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    points = [(e.step, e.wall_time) for e in events.Scalars("charts/SPS") if e.step >= warmup_step]
+    (step0, wall0), (step1, wall1) = points[0], points[-1]
+    return (step1 - step0) / (wall1 - wall0)
+
+
+def run_one(name, argv, cwd, threads, workdir, timeout):
+    """One run in a fresh folder (its runs/ holds the TensorBoard events); returns the wall time and the run dir."""
+    folder = os.path.join(workdir, f"{name}_t{threads}_{time.time_ns()}")
+    os.makedirs(folder)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if cwd is not None:  # CleanRL imports cleanrl_utils from its own folder; it writes runs/ there, moved below
+        env["PYTHONPATH"] = cwd
+    start = time.time()
+    with open(os.path.join(folder, "log.txt"), "w") as log:
+        subprocess.run(
+            argv, cwd=cwd or folder, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=True
+        )
+    wall = time.time() - start
+    if cwd is not None:
+        for run_dir in glob.glob(os.path.join(cwd, "runs", "*")):
+            shutil.move(run_dir, os.path.join(folder, "runs", os.path.basename(run_dir)))
+    (run_dir,) = glob.glob(os.path.join(folder, "runs", "*"))
+    return wall, run_dir
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("algo", choices=sorted(ALGOS))
+    parser.add_argument("--cleanrl-dir", required=True, help="folder with CleanRL's scripts and cleanrl_utils/")
+    parser.add_argument("--cleanrl-python", required=True, help="python of an env with gymnasium 0.29 + mujoco")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--arms", nargs="*", help="a subset of the arm names (default: all)")
+    parser.add_argument("--workdir", default=os.path.join(REPO, "benchmarks", "runs", "speed"))
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per run")
+    parser.add_argument("--dry-run", action="store_true")
+    opts = parser.parse_args()
+    all_arms = arms(opts.algo, os.path.abspath(opts.cleanrl_dir), opts.cleanrl_python)
+    chosen = {name: all_arms[name] for name in opts.arms or all_arms}
+    results = []
+    for repeat in range(opts.repeats):
+        for threads in opts.threads:
+            for name, (argv, cwd) in chosen.items():
+                print(f"repeat {repeat} threads {threads} {name}: {' '.join(argv)}", flush=True)
+                if opts.dry_run:
+                    continue
+                load = os.getloadavg()[0]
+                wall, run_dir = run_one(name, argv, cwd, threads, opts.workdir, opts.timeout)
+                sps = sps_after(run_dir, ALGOS[opts.algo]["warmup_step"])
+                row = dict(arm=name, threads=threads, repeat=repeat, wall=wall, sps=sps, load_before=load)
+                results.append(row)
+                print(json.dumps(row), flush=True)
+    if opts.dry_run:
+        return
+    print("\n| arm | threads | wall s (runs) | SPS after warm-up (runs) | SPS ratio to CleanRL |")
+    print("|---|---|---|---|---|")
+    for threads in opts.threads:
+        base = statistics.median(r["sps"] for r in results if r["arm"] == "cleanrl" and r["threads"] == threads)
+        for name in chosen:
+            rows = [r for r in results if r["arm"] == name and r["threads"] == threads]
+            walls = ", ".join(f"{r['wall']:.0f}" for r in rows)
+            sps = ", ".join(f"{r['sps']:.1f}" for r in rows)
+            ratio = statistics.median(r["sps"] for r in rows) / base
+            print(f"| {name} | {threads} | {walls} | {sps} | {ratio:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
