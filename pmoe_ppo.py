@@ -452,8 +452,9 @@ def main(args: Args) -> dict:
         act = torch.compile(torch.no_grad()(act), mode=mode)  # acting needs no graph
         loss_fn, pmoe_loss_fn = torch.compile(loss_fn, mode=mode), torch.compile(pmoe_loss_fn, mode=mode)
         optimizer_step = torch.compile(optimizer_step, mode=mode)
-        if args.cudagraphs:
+        if args.cudagraphs:  # graphs replay on the GPU: Adam's step counter must live there too (capturable)
             loss_fn, pmoe_loss_fn = keep_outputs(loss_fn), keep_outputs(pmoe_loss_fn)
+            optimizer.param_groups[0]["capturable"] = True
     if args.eval_only:
         agent.load_state_dict(ckpt["model"])
         args.num_iterations, obs_rms = 0, ckpt["obs_rms"]

@@ -515,8 +515,9 @@ def main(args: Args) -> dict:
     if args.compile:  # LeanRL: the same functions, compiled at their first call; shapes never change, so only once
         mode = "reduce-overhead" if args.cudagraphs else None  # inductor's CUDA graphs
         update_critic, update_actor = torch.compile(update_critic, mode=mode), torch.compile(update_actor, mode=mode)
-        if args.cudagraphs:
+        if args.cudagraphs:  # graphs replay on the GPU: Adam's step counters must live there too (capturable)
             update_critic, update_actor = keep_outputs(update_critic), keep_outputs(update_actor)
+            q_optimizer.param_groups[0]["capturable"] = actor_optimizer.param_groups[0]["capturable"] = True
         policy = torch.compile(torch.no_grad()(actor.get_action), mode=mode)  # acting needs no graph
         alpha = torch.full((1,), alpha, device=device)  # a Python float would be baked into the graphs
 

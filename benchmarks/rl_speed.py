@@ -50,10 +50,10 @@ ALGOS = {
 }
 
 
-def arms(algo, cleanrl_dir, cleanrl_python):
+def arms(algo, cleanrl_dir, cleanrl_python, steps):
     """name -> (argv, working directory). Ours: eager and --compile, at K=1 and at PMOE's K."""
     spec = ALGOS[algo]
-    common = spec["common"].split() + ["--total-timesteps", str(spec["steps"]), "--seed", "1", "--no-cuda"]
+    common = spec["common"].split() + ["--total-timesteps", str(steps), "--seed", "1", "--no-cuda"]
     result = {"cleanrl": ([cleanrl_python, spec["cleanrl"], "--env-id", spec["cleanrl_env"]] + common, cleanrl_dir)}
     ours = [sys.executable, os.path.join(REPO, spec["ours"]), "--env-id", spec["env"], "--eval-episodes", "0"] + common
     for k in (1, spec["k"]):
@@ -101,9 +101,12 @@ def main():
     parser.add_argument("--arms", nargs="*", help="a subset of the arm names (default: all)")
     parser.add_argument("--workdir", default=os.path.join(REPO, "benchmarks", "runs", "speed"))
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per run")
+    parser.add_argument("--steps", type=int, help="total timesteps per run (default: the algorithm's, above)")
+    parser.add_argument("--warmup-step", type=int, help="first step counted in the SPS (default: the algorithm's)")
     parser.add_argument("--dry-run", action="store_true")
     opts = parser.parse_args()
-    all_arms = arms(opts.algo, os.path.abspath(opts.cleanrl_dir), opts.cleanrl_python)
+    steps, warmup_step = opts.steps or ALGOS[opts.algo]["steps"], opts.warmup_step or ALGOS[opts.algo]["warmup_step"]
+    all_arms = arms(opts.algo, os.path.abspath(opts.cleanrl_dir), opts.cleanrl_python, steps)
     chosen = {name: all_arms[name] for name in opts.arms or all_arms}
     results = []
     for repeat in range(opts.repeats):
@@ -114,7 +117,7 @@ def main():
                     continue
                 load = os.getloadavg()[0]
                 wall, run_dir = run_one(name, argv, cwd, threads, opts.workdir, opts.timeout)
-                sps = sps_after(run_dir, ALGOS[opts.algo]["warmup_step"])
+                sps = sps_after(run_dir, warmup_step)
                 row = dict(arm=name, threads=threads, repeat=repeat, wall=wall, sps=sps, load_before=load)
                 results.append(row)
                 print(json.dumps(row), flush=True)
