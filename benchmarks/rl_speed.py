@@ -4,8 +4,10 @@ Every arm runs as its own process, arms interleaved within each repeat, so slow 
 (other jobs) spreads over all arms alike. Per run it reports the whole wall time (process start to exit, compile
 included) and the SPS after warm-up, read from the wall clock of the TensorBoard `charts/SPS` events that every
 script writes (CleanRL's scripts too, unchanged): SPS = (last logged step - first step >= --warmup-step) /
-(wall time between those two events). CleanRL runs in its own environment (gymnasium 0.29, the v4 tasks), from a
-folder holding its two scripts and `cleanrl_utils/buffers.py` (SAC imports SB3's buffer from there).
+(wall time between those two events). On a shared machine the wall clock measures the other jobs too, so it also
+reports steps per CPU-second of the process over the same window (CPU time sampled from /proc every 0.2 s).
+CleanRL runs in its own environment (gymnasium 0.29, the v4 tasks), from a folder holding its two scripts and
+`cleanrl_utils/buffers.py` (SAC imports SB3's buffer from there).
 
   python benchmarks/rl_speed.py sac --cleanrl-dir CLEANRL --cleanrl-python VENV/bin/python --threads 1 2 --repeats 2
   python benchmarks/rl_speed.py ppo --cleanrl-dir CLEANRL --cleanrl-python VENV/bin/python --dry-run
@@ -43,7 +45,7 @@ ALGOS = {
         cleanrl_env="HalfCheetah-v4",
         env="HalfCheetah-v5",
         steps=5 * 2048,
-        common="",
+        common="",  # pmoe_ppo.py evaluates at least one episode, after the timed window
         warmup_step=2 * 2048,
         k=5,
     ),
@@ -55,40 +57,67 @@ def arms(algo, cleanrl_dir, cleanrl_python, steps):
     spec = ALGOS[algo]
     common = spec["common"].split() + ["--total-timesteps", str(steps), "--seed", "1", "--no-cuda"]
     result = {"cleanrl": ([cleanrl_python, spec["cleanrl"], "--env-id", spec["cleanrl_env"]] + common, cleanrl_dir)}
-    ours = [sys.executable, os.path.join(REPO, spec["ours"]), "--env-id", spec["env"], "--eval-episodes", "0"] + common
+    eval_episodes = "1" if algo == "ppo" else "0"
+    ours = [sys.executable, os.path.join(REPO, spec["ours"]), "--env-id", spec["env"], "--eval-episodes", eval_episodes]
+    ours += common
     for k in (1, spec["k"]):
         result[f"ours_K{k}"] = (ours + ["--num-experts", str(k)], None)
         result[f"ours_K{k}_compile"] = (ours + ["--num-experts", str(k), "--compile"], None)
     return result
 
 
-def sps_after(run_dir, warmup_step):
-    """SPS between the first charts/SPS event at or after warmup_step and the last one, by the events' wall clock."""
+def cpu_seconds(pid):
+    """User + system CPU time of a process, all its threads (/proc/<pid>/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_at(samples, wall):
+    """The process's CPU time at a wall-clock instant, interpolated between the (wall, cpu) samples around it."""
+    for (w0, c0), (w1, c1) in zip(samples, samples[1:]):
+        if w0 <= wall <= w1:
+            return c0 + (c1 - c0) * (wall - w0) / max(w1 - w0, 1e-9)
+    raise ValueError("no CPU-time sample around that instant")
+
+
+def sps_after(run_dir, warmup_step, samples):
+    """Steps per wall second and per CPU second of the process, between the first charts/SPS event at or after
+    warmup_step and the last one (the events' own wall clock; the CPU time interpolated from the samples)."""
     events = EventAccumulator(run_dir)
     events.Reload()
     points = [(e.step, e.wall_time) for e in events.Scalars("charts/SPS") if e.step >= warmup_step]
     (step0, wall0), (step1, wall1) = points[0], points[-1]
-    return (step1 - step0) / (wall1 - wall0)
+    return (step1 - step0) / (wall1 - wall0), (step1 - step0) / (cpu_at(samples, wall1) - cpu_at(samples, wall0))
 
 
 def run_one(name, argv, cwd, threads, workdir, timeout):
-    """One run in a fresh folder (its runs/ holds the TensorBoard events); returns the wall time and the run dir."""
+    """One run in a fresh folder (its runs/ holds the TensorBoard events), its CPU time sampled every 0.2 s; returns
+    the wall time, the run dir and the (wall clock, CPU seconds) samples."""
     folder = os.path.join(workdir, f"{name}_t{threads}_{time.time_ns()}")
     os.makedirs(folder)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if cwd is not None:  # CleanRL imports cleanrl_utils from its own folder; it writes runs/ there, moved below
         env["PYTHONPATH"] = cwd
-    start = time.time()
+    start, samples = time.time(), []
     with open(os.path.join(folder, "log.txt"), "w") as log:
-        subprocess.run(
-            argv, cwd=cwd or folder, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=True
-        )
+        proc = subprocess.Popen(argv, cwd=cwd or folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            try:
+                samples.append((time.time(), cpu_seconds(proc.pid)))
+            except (FileNotFoundError, ProcessLookupError, IndexError):  # it exited between poll and read
+                break
+            if time.time() - start > timeout:
+                proc.kill()
+            time.sleep(0.2)
     wall = time.time() - start
+    if proc.wait() != 0:
+        raise SystemExit(f"{name} failed (exit {proc.returncode}): see {folder}/log.txt")
     if cwd is not None:
         for run_dir in glob.glob(os.path.join(cwd, "runs", "*")):
             shutil.move(run_dir, os.path.join(folder, "runs", os.path.basename(run_dir)))
     (run_dir,) = glob.glob(os.path.join(folder, "runs", "*"))
-    return wall, run_dir
+    return wall, run_dir, samples
 
 
 def main():
@@ -116,23 +145,24 @@ def main():
                 if opts.dry_run:
                     continue
                 load = os.getloadavg()[0]
-                wall, run_dir = run_one(name, argv, cwd, threads, opts.workdir, opts.timeout)
-                sps = sps_after(run_dir, warmup_step)
-                row = dict(arm=name, threads=threads, repeat=repeat, wall=wall, sps=sps, load_before=load)
+                wall, run_dir, samples = run_one(name, argv, cwd, threads, opts.workdir, opts.timeout)
+                sps, cpu_sps = sps_after(run_dir, warmup_step, samples)
+                row = dict(arm=name, threads=threads, repeat=repeat, wall=wall, sps=sps, cpu_sps=cpu_sps, load=load)
                 results.append(row)
                 print(json.dumps(row), flush=True)
     if opts.dry_run:
         return
-    print("\n| arm | threads | wall s (runs) | SPS after warm-up (runs) | SPS ratio to CleanRL |")
-    print("|---|---|---|---|---|")
+    print("\n| arm | threads | wall s (runs) | SPS after warm-up (runs) | ratio | steps per CPU-s (runs) | ratio |")
+    print("|---|---|---|---|---|---|---|")
     for threads in opts.threads:
-        base = statistics.median(r["sps"] for r in results if r["arm"] == "cleanrl" and r["threads"] == threads)
+        base = [r for r in results if r["arm"] == "cleanrl" and r["threads"] == threads]
         for name in chosen:
             rows = [r for r in results if r["arm"] == name and r["threads"] == threads]
-            walls = ", ".join(f"{r['wall']:.0f}" for r in rows)
-            sps = ", ".join(f"{r['sps']:.1f}" for r in rows)
-            ratio = statistics.median(r["sps"] for r in rows) / base
-            print(f"| {name} | {threads} | {walls} | {sps} | {ratio:.2f} |")
+            cells = [", ".join(f"{r['wall']:.0f}" for r in rows)]
+            for key in ("sps", "cpu_sps"):  # medians over the repeats, each ratio to CleanRL's median
+                ratio = statistics.median(r[key] for r in rows) / statistics.median(r[key] for r in base)
+                cells += [", ".join(f"{r[key]:.1f}" for r in rows), f"{ratio:.2f}"]
+            print(f"| {name} | {threads} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

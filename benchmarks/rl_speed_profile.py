@@ -13,10 +13,12 @@ Then the same SAC update and PPO minibatch compiled (torch.compile, default mode
 """
 
 import collections
+import copy
 import os
 import statistics
 import sys
 import time
+from functools import partial
 
 import gymnasium as gym
 import numpy as np
@@ -129,7 +131,33 @@ def sac_update(num_experts):
         alpha_step(compiled_actor())
         targets()
 
-    return update, compiled_update
+    def alpha_only():
+        alpha_step(log_alpha.detach().expand(B, 1))
+
+    parts = dict(critic=critic, actor=actor_step, alpha=alpha_only, targets=targets)
+    return update, compiled_update, parts, (qf1, qf2, obs)
+
+
+def stacked_scoring(qf1, qf2, obs, num_experts):
+    """min(Q1, Q2) of K candidate actions per state (B*K rows, no grad): pmoe_sac.min_q's two critic calls, eager and
+    compiled, against one vmap over the two critics' stacked parameters (LeanRL's layout), compiled."""
+    actions = torch.rand(obs.shape[0], num_experts, 6) * 2 - 1
+    params, buffers = torch.func.stack_module_state([qf1, qf2])
+    shell = copy.deepcopy(qf1).to("meta")
+
+    def one_critic(p, b, x, a):
+        return torch.func.functional_call(shell, (p, b), (x, a))
+
+    def stacked():
+        B, K, A = actions.shape
+        obs_k = obs.unsqueeze(1).expand(B, K, obs.shape[-1]).reshape(B * K, -1)
+        q = torch.vmap(one_critic, in_dims=(0, 0, None, None))(params, buffers, obs_k, actions.reshape(B * K, A))
+        return q.min(0).values.view(B, K)
+
+    with torch.no_grad():
+        two_calls = partial(pmoe_sac.min_q, qf1, qf2, obs, actions)
+        torch.testing.assert_close(torch.compile(stacked)(), two_calls())
+        return two_calls, torch.compile(two_calls), torch.compile(stacked)
 
 
 def ppo_minibatch(num_experts):
@@ -209,6 +237,8 @@ def main():
     for k in (1, 4):
         sac[k] = sac_update(k)
         breakdown(f"SAC update, K={k}", sac[k][0], 40)
+        for name, part in sac[k][2].items():
+            breakdown(f"  of which {name}, K={k}", part, 40)
     for k in (1, 5):
         ppo[k] = ppo_minibatch(k)
         breakdown(f"PPO minibatch step, K={k}", ppo[k][0], 100)
@@ -216,7 +246,11 @@ def main():
         breakdown(f"PPO acting + env step, K={k}", ppo[k][3], 300)
     print("\n| item | eager ms | compiled ms | eager / compiled |\n| --- | --- | --- | --- |")
     for k in (1, 4):
-        eager_vs_compiled(f"SAC update, K={k}", *sac[k], 15)
+        eager_vs_compiled(f"SAC update, K={k}", sac[k][0], sac[k][1], 15)
+    two_calls, compiled_two_calls, compiled_stacked = stacked_scoring(*sac[4][3], 4)
+    with torch.no_grad():
+        eager_vs_compiled("SAC scoring of K=4 candidates, two critic calls", two_calls, compiled_two_calls, 40)
+        eager_vs_compiled("SAC scoring of K=4 candidates, stacked critics (vmap)", two_calls, compiled_stacked, 40)
     for k in (1, 5):
         eager_vs_compiled(f"PPO minibatch step, K={k}", ppo[k][0], ppo[k][1], 50)
         eager_vs_compiled(f"PPO acting (1 row), K={k}", ppo[k][2], ppo[k][4], 200)
