@@ -5,6 +5,7 @@ of CleanRL's cleanrl/ppo_continuous_action.py on gymnasium 1.x, MuJoCo v5 (docs/
     python pmoe_ppo.py --num-experts 1            # plain CleanRL PPO on the same code path
     python pmoe_ppo.py --policy-type mcp          # the paper's MoE baselines: --policy-type gating or mcp
     python pmoe_ppo.py --eval-only --model-path runs/<run_name>/pmoe_ppo.cleanrl_model
+    python pmoe_ppo.py --compile                  # long runs: compiled losses, step and acting (+ --cudagraphs on GPU)
 
 What the diff changes: the actor has K Gaussian experts and a router w(s); the PPO ratio uses the mixture density;
 a Q-network fit to the lambda-returns scores one sample per expert and w(s) is regressed onto the best expert's
@@ -43,6 +44,10 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, cuda will be enabled by default"""
+    compile: bool = False
+    """torch.compile the minibatch losses, the optimizer step and the acting policy: same math, compiled at start"""
+    cudagraphs: bool = False
+    """with --compile on a CUDA GPU: also replay the compiled functions as CUDA graphs (inductor's reduce-overhead)"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "cleanRL"
@@ -133,6 +138,8 @@ def validate(args):
         fail("--num-envs, --num-steps, --num-minibatches and --update-epochs must all be >= 1")
     if args.batch_size % args.num_minibatches:
         fail(f"--num-minibatches {args.num_minibatches} must divide num_envs*num_steps={args.batch_size}")
+    if args.cudagraphs and not (args.compile and args.cuda and torch.cuda.is_available()):
+        fail("--cudagraphs needs --compile and a CUDA GPU; on a CPU drop it")
     if args.eval_only:
         return  # the env id and the architecture come from the checkpoint
     if args.num_experts < 1:
@@ -360,6 +367,11 @@ def pmoe_losses(agent, mb_obs, mb_actions, mb_returns):
     return q_loss, route_loss_fn(agent.router(mb_obs), expert_q)
 
 
+def keep_outputs(compiled):
+    """--cudagraphs: a CUDA graph's outputs live in memory that its next replay overwrites; return copies instead."""
+    return lambda *inputs: tuple(x.clone() for x in compiled(*inputs))
+
+
 def evaluate(agent, args, obs_rms, eval_expert, device):
     """--eval-episodes deterministic episodes, with the training observation statistics frozen (gymnasium >= 1.0's
     update_running_mean; the fix for CleanRL issues #425/#532). obs_rms: {"mean", "var", "count"} -> returns"""
@@ -434,6 +446,15 @@ def main(args: Args) -> dict:
     use_routing = args.policy_type == "pmoe" and args.gradient_estimator == "pmoe" and args.num_experts > 1
     agent = Agent(envs, args.num_experts, args.policy_type, use_routing).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    act, loss_fn, pmoe_loss_fn, optimizer_step = agent.get_action_and_value, ppo_loss, pmoe_losses, optimizer.step
+    if args.compile:  # LeanRL: the same functions, compiled at their first call; shapes never change, so only once
+        mode = "reduce-overhead" if args.cudagraphs else None  # inductor's CUDA graphs
+        act = torch.compile(torch.no_grad()(act), mode=mode)  # acting needs no graph
+        loss_fn, pmoe_loss_fn = torch.compile(loss_fn, mode=mode), torch.compile(pmoe_loss_fn, mode=mode)
+        optimizer_step = torch.compile(optimizer_step, mode=mode)
+        if args.cudagraphs:  # graphs replay on the GPU: Adam's step counter must live there too (capturable)
+            loss_fn, pmoe_loss_fn = keep_outputs(loss_fn), keep_outputs(pmoe_loss_fn)
+            optimizer.param_groups[0]["capturable"] = True
     if args.eval_only:
         agent.load_state_dict(ckpt["model"])
         args.num_iterations, obs_rms = 0, ckpt["obs_rms"]
@@ -470,7 +491,7 @@ def main(args: Args) -> dict:
 
             # ALGO LOGIC: action logic
             with torch.no_grad():
-                action, logprob, _, value = agent.get_action_and_value(next_obs)
+                action, logprob, _, value = act(next_obs)
                 values[step] = value.flatten()
             actions[step] = action
             # for pmoe the mixture log-density log pi(a|s)
@@ -512,12 +533,12 @@ def main(args: Args) -> dict:
                 end = start + args.minibatch_size
                 mb_inds = b_inds[start:end]
 
-                loss, pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac = ppo_loss(
+                loss, pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac = loss_fn(
                     agent, args, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values, mb_inds
                 )
                 clipfracs += [clipfrac.item()]
                 if use_routing:
-                    q_loss, route_loss = pmoe_losses(agent, b_obs[mb_inds], b_actions[mb_inds], b_returns[mb_inds])
+                    q_loss, route_loss = pmoe_loss_fn(agent, b_obs[mb_inds], b_actions[mb_inds], b_returns[mb_inds])
                     loss = loss + args.q_coef * q_loss + args.route_coef * route_loss
                 if not torch.isfinite(loss):  # CPU: free, clipfrac.item() has synced already
                     raise SystemExit(f"error: non-finite loss at global_step {global_step}: lower --learning-rate")
@@ -525,7 +546,7 @@ def main(args: Args) -> dict:
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                optimizer.step()
+                optimizer_step()
 
             if args.target_kl is not None and approx_kl > args.target_kl:
                 break

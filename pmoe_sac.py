@@ -6,9 +6,11 @@ explains each hunk. Official code: github.com/JieRen98/rlkit-pmoe (rlkit/torch/P
   python pmoe_sac.py --num-experts 1                  # plain SAC on the same code path
   python pmoe_sac.py --gradient-estimator gumbel      # or reinforce; --policy-type gating|mcp: the MoE baselines
   python pmoe_sac.py --save-model                     # then: --eval-only --model-path runs/<run>/pmoe_sac.cleanrl_model
+  python pmoe_sac.py --compile                        # long runs: compiled updates (+ --cudagraphs on a CUDA GPU)
 The diff: K tanh-Gaussian experts and a routing head; the actor update samples every expert, lets min(Q1, Q2) pick the
 best one k*, trains k* alone with SAC's loss and regresses the routing weights onto one_hot(k*) (the "frequency
-approximate gradient"). Also: gymnasium 1.x, an inlined replay buffer, a progress bar, saving, a final evaluation.
+approximate gradient"). Also: gymnasium 1.x, an inlined replay buffer, a progress bar, saving, a final evaluation,
+and LeanRL's opt-in `--compile`: the same update functions run compiled (same math; docs/pmoe_sac.md, Speed).
 """
 
 import math
@@ -44,6 +46,10 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=False`"""
     cuda: bool = True
     """if toggled, cuda will be enabled by default"""
+    compile: bool = False
+    """torch.compile the update functions and the acting policy: same math, a compile at the first update"""
+    cudagraphs: bool = False
+    """with --compile on a CUDA GPU: also replay the compiled updates as CUDA graphs (inductor's reduce-overhead)"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "cleanRL"
@@ -144,6 +150,8 @@ def validate(args):
         return check(
             path is not None and os.path.isfile(path), "--model-path", f"no file {path!r}; use a --save-model file"
         )
+    cuda_graphs_ok = args.compile and args.cuda and torch.cuda.is_available()
+    check(cuda_graphs_ok or not args.cudagraphs, "--cudagraphs", "needs --compile and a CUDA GPU; on a CPU drop it")
     check(args.num_experts >= 1, "--num-experts", f"got {args.num_experts}; use 1 (plain SAC) or more")
     check(args.batch_size <= args.buffer_size, "--batch-size", f"{args.batch_size} > --buffer-size; lower it")
     check(0 <= args.learning_starts < args.total_timesteps, "--learning-starts", "use 0 <= it < --total-timesteps")
@@ -361,6 +369,11 @@ def reinforce_estimator(actor, qf1, qf2, obs, alpha):
     return actor.squash(x_t), log_pi.unsqueeze(1), route_loss, k
 
 
+def keep_outputs(compiled):
+    """--cudagraphs: a CUDA graph's outputs live in memory that its next replay overwrites; return copies instead."""
+    return lambda *inputs: tuple(x.clone() for x in compiled(*inputs))
+
+
 @torch.no_grad()
 def evaluate(actor, env_id, eval_episodes, seed, eval_expert, device):
     """Deterministic evaluation: the mean action of expert z, z ~ Cat(w) (official MakeDeterministic) or argmax w."""
@@ -460,6 +473,54 @@ def main(args: Args) -> dict:
     episodic_returns, postfix, qf_loss, actor_loss, route_loss, alpha_loss = [], {}, None, None, torch.zeros(()), None
     start_time = learn_start_time = time.time()
 
+    # ALGO LOGIC: one update as two functions, so that --compile can compile them; eager runs them as written
+    def update_critic(data, alpha):
+        with torch.no_grad():
+            next_state_actions, next_state_log_pi, _, _ = actor.get_action(data.next_observations, mixture_logp)
+            qf1_next_target = qf1_target(data.next_observations, next_state_actions)
+            qf2_next_target = qf2_target(data.next_observations, next_state_actions)
+            min_qf_next_target = (torch.min(qf1_next_target, qf2_next_target) - alpha * next_state_log_pi).view(-1)
+            next_q_value = data.rewards.flatten() + (1 - data.dones.flatten()) * args.gamma * min_qf_next_target
+
+        qf1_a_values = qf1(data.observations, data.actions).view(-1)
+        qf2_a_values = qf2(data.observations, data.actions).view(-1)
+        qf1_loss = F.mse_loss(qf1_a_values, next_q_value)
+        qf2_loss = F.mse_loss(qf2_a_values, next_q_value)
+        qf_loss = qf1_loss + qf2_loss
+
+        # optimize the model
+        q_optimizer.zero_grad()
+        qf_loss.backward()
+        q_optimizer.step()
+        return qf1_a_values, qf2_a_values, qf1_loss, qf2_loss, qf_loss
+
+    def update_actor(obs, alpha):
+        if args.gradient_estimator == "pmoe":
+            pi, log_pi, route_loss, k_star = pmoe_estimator(actor, qf1, qf2, obs)
+        elif args.gradient_estimator == "gumbel":
+            pi, log_pi, route_loss, k_star = gumbel_estimator(actor, obs, args.gumbel_tau)
+        else:
+            pi, log_pi, route_loss, k_star = reinforce_estimator(actor, qf1, qf2, obs, alpha)
+        qf1_pi = qf1(obs, pi)
+        qf2_pi = qf2(obs, pi)
+        min_qf_pi = torch.min(qf1_pi, qf2_pi)
+        actor_loss = ((alpha * log_pi) - min_qf_pi).mean()
+
+        actor_optimizer.zero_grad()
+        (actor_loss + args.route_coef * route_loss).backward()
+        actor_optimizer.step()
+        return actor_loss, route_loss, log_pi, k_star
+
+    policy = actor.get_action
+    if args.compile:  # LeanRL: the same functions, compiled at their first call; shapes never change, so only once
+        mode = "reduce-overhead" if args.cudagraphs else None  # inductor's CUDA graphs
+        update_critic, update_actor = torch.compile(update_critic, mode=mode), torch.compile(update_actor, mode=mode)
+        if args.cudagraphs:  # graphs replay on the GPU: Adam's step counters must live there too (capturable)
+            update_critic, update_actor = keep_outputs(update_critic), keep_outputs(update_actor)
+            q_optimizer.param_groups[0]["capturable"] = actor_optimizer.param_groups[0]["capturable"] = True
+        policy = torch.compile(torch.no_grad()(actor.get_action), mode=mode)  # acting needs no graph
+        alpha = torch.full((1,), alpha, device=device)  # a Python float would be baked into the graphs
+
     # TRY NOT TO MODIFY: start the game
     obs, _ = envs.reset(seed=args.seed)
     progress = tqdm(range(args.total_timesteps), desc=run_name, unit="step", mininterval=1.0)
@@ -470,7 +531,7 @@ def main(args: Args) -> dict:
         if global_step < args.learning_starts:
             actions = np.array([envs.single_action_space.sample() for _ in range(envs.num_envs)])
         else:
-            actions, _, _, z = actor.get_action(torch.Tensor(obs).to(device))
+            actions, _, _, z = policy(torch.Tensor(obs).to(device))
             usage += torch.bincount(z, minlength=args.num_experts)
             actions = actions.detach().cpu().numpy()
 
@@ -499,41 +560,12 @@ def main(args: Args) -> dict:
         # ALGO LOGIC: training.
         if global_step > args.learning_starts:
             data = rb.sample(args.batch_size)
-            with torch.no_grad():
-                next_state_actions, next_state_log_pi, _, _ = actor.get_action(data.next_observations, mixture_logp)
-                qf1_next_target = qf1_target(data.next_observations, next_state_actions)
-                qf2_next_target = qf2_target(data.next_observations, next_state_actions)
-                min_qf_next_target = (torch.min(qf1_next_target, qf2_next_target) - alpha * next_state_log_pi).view(-1)
-                next_q_value = data.rewards.flatten() + (1 - data.dones.flatten()) * args.gamma * min_qf_next_target
-
-            qf1_a_values = qf1(data.observations, data.actions).view(-1)
-            qf2_a_values = qf2(data.observations, data.actions).view(-1)
-            qf1_loss = F.mse_loss(qf1_a_values, next_q_value)
-            qf2_loss = F.mse_loss(qf2_a_values, next_q_value)
-            qf_loss = qf1_loss + qf2_loss
-
-            # optimize the model
-            q_optimizer.zero_grad()
-            qf_loss.backward()
-            q_optimizer.step()
+            qf1_a_values, qf2_a_values, qf1_loss, qf2_loss, qf_loss = update_critic(data, alpha)
 
             if global_step % args.policy_frequency == 0:  # TD 3 Delayed update support
                 # compensate for the delay by doing 'actor_update_interval' instead of 1
                 for _ in range(args.policy_frequency):
-                    if args.gradient_estimator == "pmoe":
-                        pi, log_pi, route_loss, k_star = pmoe_estimator(actor, qf1, qf2, data.observations)
-                    elif args.gradient_estimator == "gumbel":
-                        pi, log_pi, route_loss, k_star = gumbel_estimator(actor, data.observations, args.gumbel_tau)
-                    else:
-                        pi, log_pi, route_loss, k_star = reinforce_estimator(actor, qf1, qf2, data.observations, alpha)
-                    qf1_pi = qf1(data.observations, pi)
-                    qf2_pi = qf2(data.observations, pi)
-                    min_qf_pi = torch.min(qf1_pi, qf2_pi)
-                    actor_loss = ((alpha * log_pi) - min_qf_pi).mean()
-
-                    actor_optimizer.zero_grad()
-                    (actor_loss + args.route_coef * route_loss).backward()
-                    actor_optimizer.step()
+                    actor_loss, route_loss, log_pi, k_star = update_actor(data.observations, alpha)
 
                     if args.autotune:  # on the trained action's log-prob, as the official code (PMOE: k*'s own)
                         alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
@@ -541,7 +573,8 @@ def main(args: Args) -> dict:
                         a_optimizer.zero_grad()
                         alpha_loss.backward()
                         a_optimizer.step()
-                        alpha = log_alpha.exp().item()
+                        # .item() waits for the update to finish (a host sync); --compile keeps alpha a tensor
+                        alpha = log_alpha.detach().exp() if args.compile else log_alpha.exp().item()
 
             # update the target networks
             if global_step % args.target_network_frequency == 0:
@@ -619,7 +652,7 @@ def main(args: Args) -> dict:
         qf_loss=None if qf_loss is None else qf_loss.item(),
         actor_loss=None if actor_loss is None else actor_loss.item(),
         route_loss=route_loss.item(),
-        alpha=alpha,
+        alpha=float(alpha),
     )
 
 

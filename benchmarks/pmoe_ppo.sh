@@ -5,6 +5,11 @@
 #   bash benchmarks/pmoe_ppo.sh returns   # 301,056 steps (147 iterations) on HalfCheetah-v5, K=5 then K=1, seed 1
 #   bash benchmarks/pmoe_ppo.sh routing   # the routing diagnostics of the K=5 returns run, read from TensorBoard
 #   bash benchmarks/pmoe_ppo.sh tests     # wall time of tests/test_pmoe_ppo.py
+#   bash benchmarks/pmoe_ppo.sh speed     # eager and --compile, K=1 and K=5, beside CleanRL's own script (see below)
+#   bash benchmarks/pmoe_ppo.sh profile   # where one minibatch step's time goes: matmuls vs the rest
+# `speed` needs CleanRL's script in its own environment: CLEANRL_DIR holds ppo_continuous_action.py (and, for SAC,
+# sac_continuous_action.py and cleanrl_utils/buffers.py), CLEANRL_PYTHON is the python of a venv with
+# gymnasium==0.29.1 mujoco==3.1.6 "numpy<2" torch==2.13.0 tyro tensorboard imageio (results_pmoe_ppo.md, Speed).
 # TensorBoard runs and logs land in benchmarks/runs/ (gitignored). Each run ends with a "SUMMARY {json}" line:
 # main()'s summary dict (final_return = mean of the last 10 training episodes; eval/* = 10 deterministic episodes).
 # SPS: "wall" is CleanRL's charts/SPS (global_step / wall time); CPU_SPS divides global_step by the CPU time of the
@@ -60,6 +65,13 @@ for run in sorted(glob.glob("runs/HalfCheetah-v5__pmoe_ppo_k5__*")):
     usage = [events.Scalars(f"charts/expert_usage_{k}")[-1].value for k in range(5)]
     print("  charts/expert_usage_k (last): " + ", ".join(f"{u:.3f}" for u in usage))
 PY
+    ;;&
+  speed)  # not in `all`: it needs CleanRL's environment
+    python rl_speed.py ppo --cleanrl-dir "$CLEANRL_DIR" --cleanrl-python "$CLEANRL_PYTHON" --threads 1 2 \
+      --repeats 2 --workdir runs/speed_ppo | tee runs/speed_ppo.log
+    ;;
+  profile|all)
+    python rl_speed_profile.py | tee runs/speed_profile.log
     ;;&
   tests|all)
     cd .. && /usr/bin/time -f "tests/test_pmoe_ppo.py wall %e s" python -m pytest -q tests/test_pmoe_ppo.py

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces benchmarks/results_pmoe_sac.md on a CPU: one torch thread per run, at most two runs at a time.
-# Usage: bash benchmarks/pmoe_sac.sh [learning|sps|default_run|tests|report|all]   (default: all)
+# Usage: bash benchmarks/pmoe_sac.sh [learning|sps|default_run|tests|report|speed|profile|all]   (default: all)
+# `speed` (not in `all`) runs eager and --compile, K=1 and K=4, beside CleanRL's own script in its own environment:
+# CLEANRL_DIR holds sac_continuous_action.py and cleanrl_utils/buffers.py, CLEANRL_PYTHON is the python of a venv
+# with gymnasium==0.29.1 mujoco==3.1.6 "numpy<2" torch==2.13.0 tyro tensorboard imageio (results_pmoe_sac.md, Speed).
 # Needs only the README's install (`pip install -r requirements.txt`); it runs whatever `python` is on PATH.
 # TensorBoard logs and console logs go to benchmarks/sac/runs/ (gitignored by the `runs/` pattern; a separate folder
 # because another job emptied the shared benchmarks/runs/ while these ran).
@@ -44,6 +47,15 @@ tests() {  # wall time of the test file (pytest's own timer)
   (cd ../.. && python -m pytest -q tests/test_pmoe_sac.py 2>&1 | tail -1)
 }
 
+speed() {  # benchmarks/rl_speed.py: every arm in its own process, interleaved, 1 and 2 threads, 2 repeats
+  python ../rl_speed.py sac --cleanrl-dir "$CLEANRL_DIR" --cleanrl-python "$CLEANRL_PYTHON" --threads 1 2 \
+    --repeats 2 --workdir runs/speed | tee runs/speed_sac.log
+}
+
+profile() {  # where one update's time goes: matrix products against everything else, eager and compiled
+  python ../rl_speed_profile.py | tee runs/speed_profile.log
+}
+
 report() {
   python ../rl_report.py runs --match "__pmoe_sac_" --last-n 10 --png runs/pmoe_sac_curves.png
 }
@@ -54,5 +66,7 @@ case "$part" in
   default_run) default_run ;;
   tests) tests ;;
   report) report ;;
-  all) learning; sps; default_run; tests; report ;;
+  speed) speed ;;
+  profile) profile ;;
+  all) learning; sps; default_run; tests; report; profile ;;
 esac

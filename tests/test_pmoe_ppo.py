@@ -577,6 +577,64 @@ def test_mixture_ablation_run_trains_every_parameter_without_q_net(tmp_path, mon
     assert unchanged_parameters(agent, initial) == []
 
 
+def recorded_run(settings, use_compile, workdir):
+    """main on settings, recording the agent's parameters and dynamo's new-graph count at each GAE call (after each
+    iteration's rollout, so after the previous iteration's update) and at the end. Inductor draws its own random
+    numbers; fallback_random makes it use eager's generator, so both paths act and sample alike."""
+    torch._dynamo.reset()  # a new agent each run: start from an empty compile cache
+    snapshots, graphs = [], []
+    gae, graphs_before = pmoe_ppo.compute_gae, torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+    def snapshot():
+        snapshots.append({name: p.detach().clone() for name, p in created[0][0].named_parameters()})
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before)
+
+    def recording_gae(*args):
+        snapshot()
+        return gae(*args)
+
+    with pytest.MonkeyPatch.context() as mp, torch._inductor.config.patch(fallback_random=True):
+        mp.chdir(workdir)
+        created = spy_agents(mp)
+        mp.setattr(pmoe_ppo, "compute_gae", recording_gae)
+        summary = pmoe_ppo.main(pmoe_ppo.Args(**settings, compile=use_compile))
+        snapshot()
+    return dict(summary=summary, snapshots=snapshots, graphs=graphs)
+
+
+@pytest.fixture(scope="module", params=[1, 5])
+def eager_and_compiled(request, tmp_path_factory):
+    """The same 3-iteration run (one minibatch step per iteration) twice, eager then --compile, on the same seed.
+    Module-scoped: the compile (tens of seconds on a cold cache) is paid once per K."""
+    settings = dict(TINY, total_timesteps=192, num_minibatches=1, update_epochs=1, eval_episodes=1)
+    settings["num_experts"] = request.param
+    return [recorded_run(settings, use_compile, tmp_path_factory.mktemp("run")) for use_compile in (False, True)]
+
+
+@pytest.mark.parametrize("after", [1, 3])  # after the first minibatch step, and after all three
+def test_compiled_update_equals_eager_update(eager_and_compiled, after):
+    eager, compiled = eager_and_compiled
+    assert len(eager["snapshots"]) == len(compiled["snapshots"]) == 4  # before iterations 1..3' GAE, and at the end
+    for name, p_eager in eager["snapshots"][after].items():
+        torch.testing.assert_close(compiled["snapshots"][after][name], p_eager, rtol=0, atol=1e-5, msg=name)
+    if after == 3:  # the last minibatch's losses (sums, which inductor may reorder)
+        for key in ("losses/policy_loss", "losses/value_loss", "losses/q_loss", "losses/route_loss"):
+            assert compiled["summary"][key] == pytest.approx(eager["summary"][key], rel=1e-4, abs=1e-6), key
+
+
+def test_compiled_run_trains_and_compiles_only_at_warm_up(eager_and_compiled):
+    eager, compiled = eager_and_compiled
+    assert eager["graphs"] == [0] * 4  # the eager run compiled nothing
+    # iteration 2's step recompiles the optimizer once: its annealed lr changed, and dynamo then treats it as a symbol
+    assert compiled["graphs"][1] > 0 and compiled["graphs"][3] == compiled["graphs"][2]  # nothing new at iteration 3
+    losses = {key: value for key, value in compiled["summary"].items() if key.startswith("losses/")}
+    assert all(math.isfinite(value) for value in losses.values())
+    first, last = compiled["snapshots"][0], compiled["snapshots"][-1]
+    unchanged = [name for name in first if torch.equal(first[name], last[name])]
+    # with one expert the router's logit cancels in log_softmax: it gets no gradient and rightly stays put
+    assert unchanged == ([] if "q_net.0.weight" in first else ["router.weight", "router.bias"])
+
+
 def test_eval_only_reproduces_the_end_of_training_evaluation(trained, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # --eval-only writes its TensorBoard run under ./runs
     summary, model_path = trained[0], trained[3]
@@ -663,6 +721,8 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
         (dict(num_minibatches=0), "--num-minibatches"),
         (dict(eval_only=True, model_path="missing.cleanrl_model"), "--model-path"),
         (dict(eval_only=True), "--model-path"),
+        (dict(cudagraphs=True), "--cudagraphs"),
+        (dict(cudagraphs=True, compile=True, cuda=False), "--cudagraphs"),  # CUDA graphs need a GPU
     ],
 )
 def test_bad_args_exit_2_in_process(overrides, flag, capsys):

@@ -565,6 +565,75 @@ def test_same_seed_same_summary(tmp_path, monkeypatch):
             assert runs[0][key] == runs[1][key], key
 
 
+def recorded_run(settings, use_compile, workdir):
+    """main on settings, recording every parameter and dynamo's new-graph count at each replay sample (before each
+    update) and at the end. Inductor draws its own random numbers; fallback_random makes it use eager's generator."""
+    torch._dynamo.reset()  # new networks each run: start from an empty compile cache
+    nets, snapshots, graphs = [], [], []
+    sample, graphs_before = pmoe_sac.ReplayBuffer.sample, torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+    def recording(cls):
+        class Recorded(cls):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                nets.append(self)
+
+        return Recorded
+
+    def snapshot():  # the actor's and the four critics' parameters, in main's build order
+        snapshots.append([p.detach().clone() for net in nets for p in net.parameters()])
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before)
+
+    def recording_sample(self, batch_size):
+        snapshot()
+        return sample(self, batch_size)
+
+    with pytest.MonkeyPatch.context() as mp, torch._inductor.config.patch(fallback_random=True):
+        mp.chdir(workdir)
+        mp.setattr(pmoe_sac, "Actor", recording(pmoe_sac.Actor))
+        mp.setattr(pmoe_sac, "SoftQNetwork", recording(pmoe_sac.SoftQNetwork))
+        mp.setattr(pmoe_sac.ReplayBuffer, "sample", recording_sample)
+        summary = pmoe_sac.main(pmoe_sac.Args(compile=use_compile, **settings))
+        snapshot()
+    names = [name for net in nets for name, _ in net.named_parameters()]
+    return dict(summary=summary, snapshots=snapshots, graphs=graphs, names=names, K=settings["num_experts"])
+
+
+@pytest.fixture(scope="module", params=[1, 4])
+def eager_and_compiled(request, tmp_path_factory):
+    """The same 4-update run (an actor update at each) twice, eager then --compile, on the same seed: the same
+    batches. Module-scoped: the compile (tens of seconds on a cold cache) is paid once per K."""
+    settings = dict(TINY, num_experts=request.param, total_timesteps=155, learning_starts=150, eval_episodes=0)
+    settings["policy_frequency"] = 1
+    return [recorded_run(settings, use_compile, tmp_path_factory.mktemp("run")) for use_compile in (False, True)]
+
+
+@pytest.mark.parametrize("after", [1, 4])  # after the first update, and after all four
+def test_compiled_update_equals_eager_update(eager_and_compiled, after):
+    eager, compiled = eager_and_compiled
+    assert len(eager["snapshots"]) == len(compiled["snapshots"]) == 5  # before updates 1..4, and at the end
+    for name, p_eager, p_compiled in zip(eager["names"], eager["snapshots"][after], compiled["snapshots"][after]):
+        torch.testing.assert_close(p_compiled, p_eager, rtol=0, atol=1e-5, msg=name)
+    if after == 4:  # the summary's losses (sums, which inductor may reorder) and the tuned alpha
+        for key in ("qf_loss", "actor_loss", "route_loss", "alpha"):
+            assert compiled["summary"][key] == pytest.approx(eager["summary"][key], rel=1e-4, abs=1e-6), key
+
+
+def test_compiled_run_trains_and_compiles_only_at_warm_up(eager_and_compiled):
+    eager, compiled = eager_and_compiled
+    assert eager["graphs"] == [0] * 5  # the eager run compiled nothing
+    assert (
+        compiled["graphs"][1] > 0 and compiled["graphs"][1:] == [compiled["graphs"][1]] * 4
+    )  # no graph after update 1
+    summary = compiled["summary"]
+    for key in ("qf_loss", "actor_loss", "route_loss", "alpha"):
+        assert math.isfinite(summary[key]), key
+    assert summary["alpha"] != 1.0  # alpha was tuned
+    for name, before, after in zip(compiled["names"], compiled["snapshots"][0], compiled["snapshots"][-1]):
+        unused = compiled["K"] == 1 and name.startswith("fc_route")  # softmax of one logit: no gradient
+        assert unused or not torch.equal(before, after), f"{name} did not change"
+
+
 def test_saved_model_is_the_trained_agent(tmp_path, monkeypatch, record_networks):
     monkeypatch.chdir(tmp_path)
     summary = pmoe_sac.main(pmoe_sac.Args(save_model=True, **TINY))
@@ -614,6 +683,8 @@ def test_video_of_the_first_sub_env(tmp_path):
         dict(eval_only=True),
         dict(eval_only=True, model_path="missing.cleanrl_model"),
         dict(model_path="missing.cleanrl_model"),
+        dict(cudagraphs=True),
+        dict(cudagraphs=True, compile=True, cuda=False),  # CUDA graphs need a GPU; refused on a CPU
     ],
 )
 def test_bad_input_exits_2(override, tmp_path, monkeypatch, capsys):
