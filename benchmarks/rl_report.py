@@ -152,6 +152,45 @@ def iqm_with_ci(table, reps=2000, seed=0):
     return results
 
 
+def improvement_with_ci(table, reps=2000, seed=0):
+    """{(method, baseline): (p, lo, hi, n_tasks)}: rliable's probability of improvement P(method > baseline).
+
+    The baseline of `script:arm` is `script:K1` (plain SAC / PPO). P is the Mann-Whitney statistic per task (the
+    share of (method run, baseline run) pairs the method wins, ties half) averaged over the tasks both were run
+    on; 0.5 = no difference. The CI resamples each method's runs within each task (stratified bootstrap)."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    pairs = {}
+    methods = sorted({m for by_method in table.values() for m in by_method})
+    for method in methods:
+        baseline = method.split(":")[0] + ":K1"
+        tasks = sorted(t for t, by_method in table.items() if method in by_method and baseline in by_method)
+        if method == baseline or not tasks:
+            continue
+        x, y = ([table[t][m] for t in tasks] for m in (method, baseline))
+        n_x, n_y = min(len(v) for v in x), min(len(v) for v in y)
+        pairs[(method, baseline)] = [np.stack([v[:n] for v in s], axis=1) for s, n in ((x, n_x), (y, n_y))]
+    if not pairs:
+        return {}
+
+    def improvement(x, y):
+        return np.array([metrics.probability_of_improvement(x, y)])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        point, interval = rly.get_interval_estimates(
+            {f"{m} > {b}": v for (m, b), v in pairs.items()},
+            improvement,
+            reps=reps,
+            random_state=np.random.RandomState(seed),
+        )
+    return {
+        (m, b): (float(point[f"{m} > {b}"][0]), *map(float, interval[f"{m} > {b}"][:, 0]), v[0].shape[1])
+        for (m, b), v in pairs.items()
+    }
+
+
 def collect(rows, labels, metric):
     """{task: {method: [value per seed, seed order]}} of one metric, leaving out nan."""
     table = defaultdict(lambda: defaultdict(list))
@@ -200,6 +239,15 @@ def markdown(rows, labels, last_n):
         out += ["| method | tasks | runs per task | IQM | 95% CI |", "|---|---|---|---|---|"]
         for method, (iqm, lo, hi, n_tasks, n_runs) in sorted(results.items()):
             out.append(f"| {method} | {n_tasks} | {n_runs} | {iqm:.3g} | [{lo:.3g}, {hi:.3g}] |")
+    for metric, title in (("auc", "AUC"), ("final", "final return")):
+        results = improvement_with_ci(tables[metric])
+        if not results:
+            continue
+        out += ["", f"Probability that a method's {title} beats its script's K=1 run on the same task (rliable;"]
+        out += ["0.5 = no difference), 95% stratified-bootstrap CI:", ""]
+        out += ["| method | baseline | tasks | P(method > baseline) | 95% CI |", "|---|---|---|---|---|"]
+        for (method, baseline), (p, lo, hi, n_tasks) in sorted(results.items()):
+            out.append(f"| {method} | {baseline} | {n_tasks} | {p:.2f} | [{lo:.2f}, {hi:.2f}] |")
     out += ["", "<details><summary>Per run</summary>", ""]
     out += ["| run | steps | episodes | AUC | final | eval argmax | eval sample | eval default | SPS |"]
     out += ["|---|---|---|---|---|---|---|---|---|"]

@@ -21,6 +21,7 @@ import grpo_grad_diagnosis  # noqa: E402
 import grpo_report  # noqa: E402
 import grpo_thinking_stats  # noqa: E402
 import rl_benchmark  # noqa: E402
+import rl_diagnose  # noqa: E402
 import rl_report  # noqa: E402
 
 # ---------------------------------------------------------------- sweep runner
@@ -225,7 +226,17 @@ def test_rl_report_auc_final_eval_and_iqm_equal_hand_computations(tmp_path):
         iqm, lo, hi, n_tasks, n_runs = results[method]
         assert iqm == pytest.approx(value) and (n_tasks, n_runs) == (2, 2)
         assert lo <= iqm <= hi
+    # P(K4 > K1) by hand: per task the share of (K4 seed, K1 seed) pairs K4 wins (ties half), averaged over tasks
+    wins = []
+    for task in ("Hopper-v5", "Ant-v5"):
+        pairs = [(auc[(task, "sac:K4", i)], auc[(task, "sac:K1", j)]) for i in (1, 2) for j in (1, 2)]
+        wins.append(np.mean([1.0 if x > y else 0.5 if x == y else 0.0 for x, y in pairs]))
+    improvement = rl_report.improvement_with_ci(rl_report.collect(rows, rl_report_labels(rows, tmp_path), "auc"))
+    p, lo, hi, n_tasks = improvement[("sac:K4", "sac:K1")]
+    assert p == pytest.approx(np.mean(wins)) == pytest.approx(0.75) and n_tasks == 2 and lo <= p <= hi
+    assert list(improvement) == [("sac:K4", "sac:K1")]  # K1 is the baseline, never compared with itself
     text = md.read_text()
+    assert f"| sac:K4 | sac:K1 | 2 | {np.mean(wins):.2f} |" in text
     assert text.startswith("# Results\n\nprose\n\n<!-- rl_report:begin -->") and text.endswith("more prose\n")
     assert "old" not in text and f"| sac:K4 | 2 | 2 | {expected['sac:K4']:.3g} |" in text
 
@@ -250,6 +261,45 @@ def test_trailing_mean_and_curve_band_by_hand():
     mean, band = rl_report.mean_curve_with_ci(curves, np.array([0.0, 5.0, 10.0]))
     assert mean.tolist() == [1.0, 3.5, 6.0]  # runs interpolated at the grid, then averaged
     assert band[0, 1] == pytest.approx(2.0) and band[1, 1] == pytest.approx(5.0)  # 2 runs: only 2, 3.5, 5 occur
+
+
+def test_rl_diagnose_router_alpha_and_q_statistics_equal_hand_computations(tmp_path):
+
+    root = tmp_path / "sweep"
+    for method, k, seed in (("pmoe_sac:K4", 4, 1), ("pmoe_sac:K4", 4, 2), ("pmoe_sac:K1", 1, 1)):
+        key = root / f"{method.replace(':', '__')}__Hopper-v5__s{seed}"
+        os.makedirs(key)
+        (key / "run.json").write_text(json.dumps({"labels": {"task": "Hopper-v5", "method": method, "seed": seed}}))
+        (key / "DONE.json").write_text("{}")
+        writer = SummaryWriter(str(key / "runs" / f"Hopper-v5__{method}__{seed}__1"))
+        for step in range(0, 1000, 100):  # steps 0..900: the last 20% (step >= 720) is steps 800 and 900
+            writer.add_scalar("losses/alpha", step / 1000, step)
+            writer.add_scalar("losses/qf1_values", 10.0 * seed, step)
+            writer.add_scalar("charts/episodic_return", 100.0 if step < 800 else 50.0, step)
+            writer.add_scalar("charts/route_entropy", math.log(k) / 2 if step >= 800 else 0.0, step)
+            usage = {800: [0.7, 0.1, 0.1, 0.1], 900: [0.2, 0.6, 0.1, 0.1]}.get(step, [0.25] * 4)
+            for j in range(k):  # K=4: expert 0 acts most at step 800, expert 1 at step 900
+                writer.add_scalar(f"charts/expert_usage_{j}", usage[j] if k > 1 else 1.0, step)
+                writer.add_scalar(f"charts/best_expert_frac_{j}", 1.0 / k, step)
+        writer.add_scalar("eval/episodic_return_argmax", 30.0 * seed, 999)
+        writer.add_scalar("eval/episodic_return_sample", 10.0, 999)
+        writer.close()
+    md = tmp_path / "results.md"
+    md.write_text("intro\n")
+    rows = rl_diagnose.main([str(root), "--md", str(md)])
+    by_seed = {(name.split("__")[1], int(name.split("__s")[1][0])): row for name, row in rows.items()}
+    k4 = by_seed[("K4", 2)]
+    assert k4["route H / ln K"] == pytest.approx(0.5)  # only the window's steps count
+    assert k4["max usage"] == pytest.approx((0.7 + 0.6) / 2)  # the max over experts per step, then the mean
+    assert k4["max k* share"] == pytest.approx(0.25)
+    assert k4["alpha"] == pytest.approx((0.8 + 0.9) / 2)
+    assert k4["Q"] == 20.0 and k4["Q / return"] == pytest.approx(20.0 / 50.0)
+    assert k4["argmax - sample"] == 50.0
+    k1 = by_seed[("K1", 1)]
+    assert np.isnan(k1["route H / ln K"]) and np.isnan(k1["argmax - sample"])  # no router with one expert
+    assert "| Hopper-v5 | pmoe_sac:K4 | 2 | 0.5 [0.5, 0.5] | 0.65 [0.65, 0.65] |" in md.read_text()
+    with pytest.raises(SystemExit):
+        rl_diagnose.main([str(root), "--window", "0"])
 
 
 # ---------------------------------------------------------------- GRPO report
