@@ -72,6 +72,16 @@ def labels_of(directory):
     return dict(task="?", method=os.path.basename(directory.rstrip("/")), seed=0)
 
 
+def wall_of(directory):
+    """The run's wall time in seconds from rl_benchmark.py's DONE.json two levels up (nan when there is none)."""
+    done = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(directory))), "DONE.json")
+    try:
+        with open(done) as f:
+            return float(json.load(f)["wall_s"])
+    except (OSError, ValueError, KeyError):
+        return float("nan")
+
+
 def load_scalars(directory):
     """{tag: (steps [N], values [N])} of every scalar in the run (all event files of the directory)."""
     acc = EventAccumulator(directory, size_guidance={"scalars": 0})  # 0 = keep every point
@@ -249,11 +259,11 @@ def markdown(rows, labels, last_n):
         for (method, baseline), (p, lo, hi, n_tasks) in sorted(results.items()):
             out.append(f"| {method} | {baseline} | {n_tasks} | {p:.2f} | [{lo:.2f}, {hi:.2f}] |")
     out += ["", "<details><summary>Per run</summary>", ""]
-    out += ["| run | steps | episodes | AUC | final | eval argmax | eval sample | eval default | SPS |"]
-    out += ["|---|---|---|---|---|---|---|---|---|"]
+    out += ["| run | steps | episodes | AUC | final | eval argmax | eval sample | eval default | SPS | wall (s) |"]
+    out += ["|---|---|---|---|---|---|---|---|---|---|"]
     for name, x in sorted(rows.items()):
         cells = " | ".join(f"{x[m]:.1f}" for m in METRICS)
-        out.append(f"| {name} | {x['steps']} | {x['episodes']} | {cells} | {x['sps']:.0f} |")
+        out.append(f"| {name} | {x['steps']} | {x['episodes']} | {cells} | {x['sps']:.0f} | {x['wall']:.0f} |")
     out += ["", "</details>"]
     return "\n".join(out)
 
@@ -342,7 +352,7 @@ def main(argv=None):
         raise SystemExit(2)
     scalars = {name: load_scalars(directory) for name, directory in runs.items()}
     labels = {name: labels_of(directory) for name, directory in runs.items()}
-    rows = {name: summarise(s, args.last_n) for name, s in scalars.items()}
+    rows = {name: summarise(s, args.last_n) | {"wall": wall_of(runs[name])} for name, s in scalars.items()}
     text = markdown(rows, labels, args.last_n)
     print(text)
     if args.md:

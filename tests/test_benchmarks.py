@@ -176,7 +176,8 @@ def write_synthetic_runs(root):
         with open(os.path.join(root, key, "run.json"), "w") as f:
             json.dump({"labels": {"task": task, "method": method, "seed": seed}}, f)
         if seed < 3:  # seed 3 below is still running: no DONE.json, left out of the report
-            open(os.path.join(root, key, "DONE.json"), "w").close()
+            with open(os.path.join(root, key, "DONE.json"), "w") as f:
+                json.dump({"wall_s": 100.0 * seed + len(returns)}, f)
         writer = SummaryWriter(os.path.join(root, key, "runs", f"{task}__{method}__{seed}__1"))
         for i, r in enumerate(returns):
             writer.add_scalar("charts/episodic_return", r, 100 * (i + 1))
@@ -206,6 +207,7 @@ def test_rl_report_auc_final_eval_and_iqm_equal_hand_computations(tmp_path):
     assert hopper_k4_1["final"] == pytest.approx((25 + 35) / 2)  # the last 2
     assert hopper_k4_1["eval_argmax"] == pytest.approx(3.0) and hopper_k4_1["eval_sample"] == -1.0
     assert np.isnan(hopper_k4_1["eval_default"])
+    assert hopper_k4_1["wall"] == 105.0  # from the run's DONE.json
     assert by_key[("Ant-v5", "sac:K1", 2)]["eval_default"] == 7.0 and np.isnan(
         by_key[("Ant-v5", "sac:K1", 2)]["eval_argmax"]
     )
