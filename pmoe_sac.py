@@ -283,7 +283,7 @@ class Actor(nn.Module):
         log_std = self.fc_logstd(x).view(x.shape[0], self.num_experts, -1)
         log_std = torch.tanh(log_std)
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)  # From SpinUp / Denis Yarats
-        # detached features, as official networks.py::PMOEMlp: the routing loss trains the routing head, not the trunk
+        # detached features, as official TanhPMOEGaussianPolicy.forward: the routing loss trains the routing head only
         mix_logits = self.fc_route(x.detach())
         if self.policy_type != "pmoe":  # gating, mcp: one Gaussian composed from the K experts (a 1-expert mixture)
             compose = gating_gaussian if self.policy_type == "gating" else mcp_gaussian
