@@ -249,7 +249,7 @@ def markdown(rows, labels, last_n):
         out += ["| method | tasks | runs per task | IQM | 95% CI |", "|---|---|---|---|---|"]
         for method, (iqm, lo, hi, n_tasks, n_runs) in sorted(results.items()):
             out.append(f"| {method} | {n_tasks} | {n_runs} | {iqm:.3g} | [{lo:.3g}, {hi:.3g}] |")
-    for metric, title in (("auc", "AUC"), ("final", "final return")):
+    for metric, title in (("auc", "AUC"), ("final", "final return"), ("eval_argmax", "eval argmax")):
         results = improvement_with_ci(tables[metric])
         if not results:
             continue
@@ -280,31 +280,38 @@ def mean_curve_with_ci(curves, grid, reps=2000, seed=0):
 
 
 def plot(scalars, labels, last_n, path):
-    """One panel per task: per method, the mean over seeds of the smoothed training return, 95% bootstrap band."""
+    """A panel per (script, task), scripts in rows, tasks in columns (the scripts' step budgets differ): per method,
+    the mean over seeds of the smoothed training return with a 95% bootstrap band."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless
     import matplotlib.pyplot as plt
 
-    by_task = defaultdict(lambda: defaultdict(list))
+    by_panel = defaultdict(lambda: defaultdict(list))
     for name, s in scalars.items():
         steps, returns = s.get(RETURN, (np.array([]), np.array([])))
+        method, task = labels[name]["method"], labels[name]["task"]
         if len(returns):
-            by_task[labels[name]["task"]][labels[name]["method"]].append((steps, trailing_mean(returns, last_n)))
-    tasks = sorted(by_task)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for color, method in enumerate(sorted(by_task[task])):
-            curves = by_task[task][method]
-            grid = np.linspace(0, min(s[-1] for s, _ in curves), 100)
-            mean, band = mean_curve_with_ci(curves, grid)
-            ax.plot(grid, mean, color=f"C{color % 10}", label=f"{method} ({len(curves)} seeds)")
-            ax.fill_between(grid, band[0], band[1], color=f"C{color % 10}", alpha=0.2)
-        ax.set_title(task)
-        ax.set_xlabel("global_step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel(f"episodic return (trailing mean of {last_n})")
+            by_panel[(method.split(":")[0], task)][method].append((steps, trailing_mean(returns, last_n)))
+    scripts, tasks = sorted({p[0] for p in by_panel}), sorted({p[1] for p in by_panel})
+    fig, axes = plt.subplots(len(scripts), len(tasks), figsize=(5 * len(tasks), 3.6 * len(scripts)), squeeze=False)
+    for row, script in enumerate(scripts):
+        axes[row][0].set_ylabel(f"episodic return (trailing mean of {last_n})")
+        for ax, task in zip(axes[row], tasks):
+            if (script, task) not in by_panel:
+                ax.set_visible(False)
+                continue
+            methods = by_panel[(script, task)]
+            for color, method in enumerate(sorted(methods)):
+                curves = methods[method]
+                grid = np.linspace(0, min(s[-1] for s, _ in curves), 100)
+                mean, band = mean_curve_with_ci(curves, grid)
+                ax.plot(grid, mean, color=f"C{color % 10}", label=f"{method} ({len(curves)} seeds)")
+                ax.fill_between(grid, band[0], band[1], color=f"C{color % 10}", alpha=0.2)
+            ax.set_title(f"{task}: {script}")
+            ax.set_xlabel("global_step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
