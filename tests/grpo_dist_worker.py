@@ -24,7 +24,7 @@ CPU = torch.device("cpu")
 def sampling_of(M, tok) -> dict:
     """Training sampling flags: plain T = 1 for discrete GRPO, the paper's soft-thinking sampler for SofT-GRPO."""
     sampling = dict(temperature=1.0, top_k=0, top_p=1.0)
-    if M.__name__ == "sofT_grpo":
+    if M.__name__.startswith("sofT_grpo"):
         sampling.update(top_k=5, top_p=0.95, answer_top_k=5, answer_top_p=0.95, tau_g=0.1, noise_scale=1.0)
         sampling.update(noise="gumbel", think_end_id=tok.convert_tokens_to_ids("</think>"))
     return sampling
@@ -43,12 +43,32 @@ def fixed_batch(M, args):
     batch = M.generate(model, tok, rows, 16, args.max_new_tokens, stop_ids, g, **sampling_of(M, tok))
     rewards = torch.arange(len(rows)).remainder(3).eq(0).float()  # 1 0 0 1 | 0 0 1 0 | ...
     batch["advantages"] = M.group_advantages(rewards, args.group_size)
-    batch["logp_old"], batch["logp_ref"] = M.old_and_ref_logprobs(model, None, batch, args, 1, CPU)
+    batch["logp_old"], batch["logp_ref"] = old_and_ref(M, model, batch, args)
     return path, batch
+
+
+def is_variant(M) -> bool:
+    """The paper-scale copy (its helpers take the world size); the teaching file runs one process only."""
+    return M.__name__.endswith("_fsdp")
+
+
+def old_and_ref(M, model, batch, args):
+    if is_variant(M):
+        return M.old_and_ref_logprobs(model, None, batch, args, 1, CPU)
+    return M.old_and_ref_logprobs(model, None, batch, args, CPU)
+
+
+def update(M, model, optimizer, batch, args, world):
+    if is_variant(M):
+        return M.ppo_update(model, optimizer, batch, args, world, CPU)
+    assert world == 1
+    return M.ppo_update(model, optimizer, batch, args, CPU)
 
 
 def rows_of_rank(M, batch, args, rank, world):
     """This rank's rows: its share of the prompts (M.rank_share), each prompt's G rows."""
+    if world == 1:
+        return batch
     G, per = args.group_size, args.mini_batch_prompts // world
     keep = M.rank_share(list(range(args.prompts_per_step)), per, rank, world)
     idx = torch.tensor([p * G + g for p in keep for g in range(G)])
@@ -63,7 +83,7 @@ def one_update(M, args, rank, world, shard):
     if shard:
         M.shard(model, args)
     optimizer = torch.optim.SGD(model.parameters(), lr=10.0)  # large: every tensor moves far beyond the tolerance
-    _, grad_norm = M.ppo_update(model.train(), optimizer, rows_of_rank(M, batch, args, rank, world), args, world, CPU)
+    _, grad_norm = update(M, model.train(), optimizer, rows_of_rank(M, batch, args, rank, world), args, world)
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
     if shard:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)

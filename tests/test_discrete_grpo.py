@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-import discrete_grpo as dg
+import discrete_grpo
+import discrete_grpo_fsdp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a toy small enough for seconds on CPU; every test that trains shares its cached base model
@@ -34,6 +35,13 @@ TINY = dict(
 )
 
 
+@pytest.fixture(scope="module", params=[discrete_grpo, discrete_grpo_fsdp], ids=["discrete_grpo", "discrete_grpo_fsdp"])
+def dg(request):
+    """The teaching file or its paper-scale variant: the helper tests run on both copies, so neither drifts.
+    Tests of `main` run the teaching file (the variant's own main is tested in test_grpo_scale.py)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("toy_cache"))
@@ -42,7 +50,7 @@ def cache(tmp_path_factory):
 def tiny_model_dir(path):
     """A randomly initialised tiny Qwen2 + the toy tokenizer, saved like a Hub model."""
     torch.manual_seed(0)
-    tok = dg.toy_tokenizer()
+    tok = discrete_grpo.toy_tokenizer()
     cfg = Qwen2Config(
         vocab_size=len(tok),
         hidden_size=32,
@@ -61,7 +69,7 @@ def tiny_model_dir(path):
 
 
 # ---- reward ----------------------------------------------------------------------------------------------
-def test_last_boxed():
+def test_last_boxed(dg):
     assert dg.last_boxed("a \\boxed{x^{2}} b \\fbox{\\frac{1}{2}} c") == "\\frac{1}{2}"
     assert (
         dg.last_boxed("the answer is 4") is None and dg.last_boxed("\\boxed{4") is None and dg.last_boxed("{4}") is None
@@ -92,7 +100,7 @@ def test_last_boxed():
         ("\\boxed{\\frac{1}{2}}", "\\frac{1}{3}", 0.0),
     ],
 )
-def test_math_reward_cases(completion, answer, expected):
+def test_math_reward_cases(dg, completion, answer, expected):
     assert dg.math_reward(completion, answer) == expected
 
 
@@ -113,7 +121,7 @@ def filtered_distribution(logits, temperature, top_k, top_p):
     return out
 
 
-def test_sample_step_filters_against_brute_force():
+def test_sample_step_filters_against_brute_force(dg):
     n, embed = 20000, torch.nn.Embedding(8, 4)
     logits = torch.tensor(
         [
@@ -150,7 +158,7 @@ def test_sample_step_filters_against_brute_force():
     assert torch.equal(first, dg.sample_step(logits, embed, torch.Generator().manual_seed(3), 1.0, 0, 1.0)[0])
 
 
-def test_token_logprobs_against_each_unpadded_row(tmp_path):
+def test_token_logprobs_against_each_unpadded_row(dg, tmp_path):
     model, tok = tiny_model_dir(tmp_path)
     torch.manual_seed(0)
     lengths, T = [3, 5, 2, 4], 4  # prompt lengths (left-padded to 5) and completion length
@@ -177,7 +185,7 @@ def test_token_logprobs_against_each_unpadded_row(tmp_path):
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_chunked_logprobs_equal_the_full_log_softmax(tmp_path, monkeypatch, temperature):
+def test_chunked_logprobs_equal_the_full_log_softmax(dg, tmp_path, monkeypatch, temperature):
     """token_logprobs scores T = 7 positions in chunks of 3, 3 and 1; values and gradients equal the full
     log_softmax(...).gather(...) of the model's own logits."""
     model, tok = tiny_model_dir(tmp_path)
@@ -204,7 +212,7 @@ def test_chunked_logprobs_equal_the_full_log_softmax(tmp_path, monkeypatch, temp
 
 
 # ---- decode loop ------------------------------------------------------------------------------------------
-def test_greedy_rollout_matches_generate(tmp_path):
+def test_greedy_rollout_matches_generate(dg, tmp_path):
     model, tok = tiny_model_dir(tmp_path)
     model.eval()
     rows, _ = dg.render_prompts(
@@ -256,18 +264,20 @@ def test_real_path_all_formats(tmp_path):
             "--output-dir",
             str(tmp_path / "runs"),
         ]
-        summary = dg.main(dg.cli(argv))
+        summary = discrete_grpo.main(discrete_grpo.cli(argv))
         assert set(summary["eval_before"]) == {"pass@1", "pass@2", "accuracy/math-verify", "accuracy/rule"}
         assert summary["skipped_prompts"] == 0  # --eval-only renders no training prompt (the long one is one)
         with open(os.path.join(summary["run_dir"], "eval_step0.json")) as f:
             assert json.load(f)["problems"] == 3
     # --eval-only with --eval-dataset loads no training data: the preset's Hub --dataset is never touched
-    evalonly = dg.main(dg.cli(argv + ["--dataset", "someone/not-loaded", "--eval-dataset", str(tmp_path / "d.json")]))
+    evalonly = discrete_grpo.main(
+        discrete_grpo.cli(argv + ["--dataset", "someone/not-loaded", "--eval-dataset", str(tmp_path / "d.json")])
+    )
     with open(os.path.join(evalonly["run_dir"], "eval_step0.json")) as f:
         assert json.load(f)["problems"] == 2 and evalonly["skipped_prompts"] == 1  # the first 3 hold the long one
     # one training step through the same flags; the saved checkpoint loads back like a Hub model
-    summary = dg.main(
-        dg.cli(
+    summary = discrete_grpo.main(
+        discrete_grpo.cli(
             argv
             + [
                 "--no-eval-only",
@@ -292,19 +302,19 @@ def test_real_path_all_formats(tmp_path):
 def test_toy_run_updates_every_parameter_and_is_deterministic(tmp_path, cache, monkeypatch):
     # a 30-step SFT model is rarely right, so the reward is replaced by one that always varies within a group:
     # this test covers the update path; the reward itself is tested above
-    monkeypatch.setattr(dg, "math_reward", lambda completion, answer: float(len(completion) % 2))
-    calls, loss_fn = [], dg.grpo_loss
+    monkeypatch.setattr(discrete_grpo, "math_reward", lambda completion, answer: float(len(completion) % 2))
+    calls, loss_fn = [], discrete_grpo.grpo_loss
     monkeypatch.setattr(
-        dg,
+        discrete_grpo,
         "grpo_loss",
         lambda logp, logp_old, *a, **k: (
             calls.append((logp - logp_old).abs().max().item()) or loss_fn(logp, logp_old, *a, **k)
         ),
     )
-    args = dg.Args(**TINY, toy_cache_dir=cache, output_dir=str(tmp_path))
+    args = discrete_grpo.Args(**TINY, toy_cache_dir=cache, output_dir=str(tmp_path))
     s1, s2 = (
-        dg.main(args),
-        dg.main(dg.replace(args, output_dir=str(tmp_path / "again"))),
+        discrete_grpo.main(args),
+        discrete_grpo.main(discrete_grpo.replace(args, output_dir=str(tmp_path / "again"))),
     )  # run names have 1 s resolution
     per_step = len(calls) // (2 * args.total_steps)  # micro-batches per rollout step
     assert all(
@@ -321,7 +331,7 @@ def test_toy_run_updates_every_parameter_and_is_deterministic(tmp_path, cache, m
         assert not torch.allclose(after[name], p * decay, rtol=0, atol=1e-7), name
 
 
-def test_toy_base_is_cached_and_deterministic(tmp_path, cache, monkeypatch):
+def test_toy_base_is_cached_and_deterministic(dg, tmp_path, cache, monkeypatch):
     args = dg.Args(**TINY, toy_cache_dir=cache)
     path = dg.build_toy_base(args)
 
@@ -344,14 +354,16 @@ def test_toy_base_is_cached_and_deterministic(tmp_path, cache, monkeypatch):
 
 
 # ---- CLI: presets, --help, bad input ------------------------------------------------------------------
-def test_presets_and_explicit_flags_win(capsys):
-    a = dg.cli(["--learning-rate", "3e-6", "--preset", "r1-distill-qwen-7b"])
+def test_presets_and_explicit_flags_win(dg, capsys):
+    a = dg.cli(["--learning-rate", "3e-6", "--preset", "r1-distill-qwen-1.5b", "--micro-batch-size", "1"])
     assert a.learning_rate == 3e-6 and a.group_size == 8 and a.prompts_per_step == 64 and a.micro_batch_size == 1
-    assert (
-        a.model_name_or_path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
-        and a.beta == 0.001
-        and a.max_new_tokens == 8192
-    )
+    assert a.model_name_or_path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B" and a.beta == 0.001
+    assert a.max_new_tokens == 8192 and a.dtype == "bfloat16" and a.gradient_checkpointing
+    if dg.__name__.endswith("_fsdp"):  # the presets that need several GPUs live in the variant only
+        a = dg.cli(["--preset", "r1-distill-qwen-7b"])
+        assert a.model_name_or_path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B" and a.micro_batch_size == 1
+    else:
+        assert set(dg.PRESETS) == {"toy", "r1-distill-qwen-1.5b"}
     assert dg.cli([]) == dg.Args()
     with pytest.raises(SystemExit) as e:
         dg.cli(["--help"])
@@ -375,7 +387,7 @@ def test_presets_and_explicit_flags_win(capsys):
 )
 def test_bad_input_exits_2_with_one_line(argv, flag, capsys):
     with pytest.raises(SystemExit) as e:
-        dg.main(dg.cli(argv + ["--total-steps", "0"]))
+        discrete_grpo.main(discrete_grpo.cli(argv + ["--total-steps", "0"]))
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {flag}") and "\n" not in err, err
@@ -389,8 +401,8 @@ def test_bad_dataset_files(tmp_path, capsys, monkeypatch):
     cases = [("missing.jsonl", "--dataset"), ("noanswer.jsonl", "--answer-field"), ("empty.json", "--dataset")]
     for name, flag in cases:
         with pytest.raises(SystemExit) as e:
-            dg.main(
-                dg.cli(
+            discrete_grpo.main(
+                discrete_grpo.cli(
                     [
                         "--model-name-or-path",
                         str(model_dir),
@@ -406,7 +418,7 @@ def test_bad_dataset_files(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for flag in ("--dataset", "--eval-dataset"):  # a Hub id that cannot be reached: one line, no traceback
         with pytest.raises(SystemExit) as e:
-            dg.load_rows("someone/no-such-dataset", flag, dg.Args())
+            discrete_grpo.load_rows("someone/no-such-dataset", flag, discrete_grpo.Args())
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and err.startswith(f"error: {flag}: cannot load") and "\n" not in err, err
 
@@ -423,7 +435,9 @@ def test_command_line_bad_input_no_traceback():
 
 
 def test_non_finite_loss_stops_with_a_message(tmp_path, cache, monkeypatch):
-    monkeypatch.setattr(dg, "grpo_loss", lambda logp, *a, **k: (logp.sum() * float("nan"), {}))
+    monkeypatch.setattr(discrete_grpo, "grpo_loss", lambda logp, *a, **k: (logp.sum() * float("nan"), {}))
     with pytest.raises(SystemExit) as e:
-        dg.main(dg.Args(**{**TINY, "total_steps": 1}, toy_cache_dir=cache, output_dir=str(tmp_path)))
+        discrete_grpo.main(
+            discrete_grpo.Args(**{**TINY, "total_steps": 1}, toy_cache_dir=cache, output_dir=str(tmp_path))
+        )
     assert "non-finite loss at step 1" in str(e.value.code)

@@ -2,15 +2,19 @@
 loop (greedy and sampled, discrete and soft rows, with rows that stop at different steps). Training with --compile
 is covered by the 2-rank run of tests/test_grpo_scale.py."""
 
+import copy
+
 import pytest
 import torch
 from grpo_dist_worker import TINY, sampling_of
 
-import discrete_grpo
-import sofT_grpo
+import discrete_grpo_fsdp
+import sofT_grpo_fsdp
 
 
-@pytest.fixture(scope="module", params=[discrete_grpo, sofT_grpo], ids=["discrete_grpo", "sofT_grpo"])
+@pytest.fixture(
+    scope="module", params=[discrete_grpo_fsdp, sofT_grpo_fsdp], ids=["discrete_grpo_fsdp", "sofT_grpo_fsdp"]
+)
 def toy(request):
     """A random tiny Qwen2 with a large init, so that greedy and sampled rows differ from step to step."""
     M = request.param
@@ -41,10 +45,17 @@ def test_compiled_rollouts_are_token_identical(toy, greedy):
     lengths = eager["completion_mask"].sum(1)
     assert lengths.min() < lengths.max() < 40 and eager["completion_ids"].shape[1] % M.SYNC_EVERY != 1
     assert eager.keys() == fast.keys()
-    for key in eager:  # completion ids and masks; for soft rows also the stored (ids, y) and the soft mask
-        if eager[key].is_floating_point():  # soft_y: the stored perturbed logits. The compiled forward fuses
-            # differently (fp32 rounding ~1e-6), and a soft input feeds the mixture back, so the gap grows with the
-            # step; here it stays below 3e-3 on values of size 1-15, while the sampled tokens are identical
-            assert torch.allclose(eager[key], fast[key], rtol=1e-3, atol=1e-2), key
-        else:
+    for key in eager:  # the decisions: completion ids and masks; for soft rows the stored ids and the soft mask
+        if not eager[key].is_floating_point():
             assert torch.equal(eager[key], fast[key]), key
+    if "soft_y" in eager:  # the stored perturbed logits: the same draws, so only fp32 rounding may differ
+        # Step 0 reads the prompt only: one forward's rounding (~1e-6 on values of size 1-15) separates the two.
+        assert torch.allclose(eager["soft_y"][:, 0], fast["soft_y"][:, 0], rtol=0, atol=1e-4)
+        # Later steps feed the mixture back, and the chain amplifies rounding by an amount that depends on the CPU's
+        # kernels (0.019 seen on one, 0.014 on another). The bound is eager fp32's own error against a float64
+        # rollout of the same model and draws: the compiled step may round differently, not worse (x4 margin).
+        g = torch.Generator().manual_seed(0)
+        exact = M.generate(copy.deepcopy(model).double(), tok, rows, 24, 40, stop_ids, g, **sampling)
+        assert torch.equal(exact["completion_ids"], eager["completion_ids"])  # float64 takes the same path
+        eager_err = (eager["soft_y"] - exact["soft_y"].float()).abs().max()
+        assert (eager["soft_y"] - fast["soft_y"]).abs().max() <= 4 * eager_err + 1e-4

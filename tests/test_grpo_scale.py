@@ -12,11 +12,11 @@ import torch
 from grpo_dist_worker import TINY, fixed_batch, one_update
 from safetensors.torch import load_file
 
-import discrete_grpo
-import sofT_grpo
+import discrete_grpo_fsdp
+import sofT_grpo_fsdp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = {"discrete_grpo": discrete_grpo, "sofT_grpo": sofT_grpo}
+SCRIPTS = {"discrete_grpo_fsdp": discrete_grpo_fsdp, "sofT_grpo_fsdp": sofT_grpo_fsdp}
 
 
 @pytest.fixture(scope="module", params=list(SCRIPTS))

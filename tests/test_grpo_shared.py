@@ -14,7 +14,9 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 import discrete_grpo
+import discrete_grpo_fsdp
 import sofT_grpo
+import sofT_grpo_fsdp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the rollout flags of the scripted-model tests; sofT_grpo.py's also name </think> (id 3 there) and the noise
@@ -34,7 +36,10 @@ ROLLOUT_FLAGS = {
 }
 
 
-@pytest.fixture(params=[discrete_grpo, sofT_grpo], ids=["discrete_grpo", "sofT_grpo"])
+MODULES = [discrete_grpo, discrete_grpo_fsdp, sofT_grpo, sofT_grpo_fsdp]
+
+
+@pytest.fixture(params=MODULES, ids=[m.__name__ for m in MODULES])
 def M(request):
     """The script whose copy of the helpers a test checks."""
     return request.param
@@ -42,7 +47,7 @@ def M(request):
 
 @pytest.fixture
 def SAMPLING(M):
-    return ROLLOUT_FLAGS[M.__name__]
+    return ROLLOUT_FLAGS[M.__name__.removesuffix("_fsdp")]
 
 
 def test_group_advantages_are_centred_and_scaled_per_group(M):

@@ -15,15 +15,23 @@ from test_grpo_shared import ROLLOUT_FLAGS, ScriptedModel  # the shared helper t
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 import discrete_grpo  # only tests may import both scripts (the toy base models must be bit-identical)
-import sofT_grpo as sg
+import sofT_grpo
+import sofT_grpo_fsdp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(toy_hidden_size=32, toy_num_layers=1, toy_sft_steps=2)  # a toy base model in seconds
 SAMPLING = ROLLOUT_FLAGS["sofT_grpo"]  # the rollout flags of the scripted-model tests (</think> is id 3 there)
 
 
+@pytest.fixture(scope="module", params=[sofT_grpo, sofT_grpo_fsdp], ids=["sofT_grpo", "sofT_grpo_fsdp"])
+def sg(request):
+    """The teaching file or its paper-scale variant: the helper tests run on both copies, so neither drifts.
+    Tests of `main` run the teaching file (the variant's own main is tested in test_grpo_scale.py)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
+def toy(sg, tmp_path_factory):
     path = sg.build_toy_base(sg.Args(**TINY, toy_cache_dir=str(tmp_path_factory.mktemp("cache"))))
     return path, AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
 
@@ -58,8 +66,8 @@ def clamped_gumbel_max_probs(a, lo, hi, n=200001):
     return np.array(out)
 
 
-@pytest.mark.parametrize("clamp", [(-math.inf, math.inf), sg.GUMBEL_CLAMP])
-def test_emitted_thinking_tokens_are_gumbel_max_samples(monkeypatch, clamp):
+@pytest.mark.parametrize("clamp", [(-math.inf, math.inf), sofT_grpo.GUMBEL_CLAMP])
+def test_emitted_thinking_tokens_are_gumbel_max_samples(sg, monkeypatch, clamp):
     """Unclamped: argmax y ~ Cat(pi) exactly. With the official clamp: the law computed by quadrature."""
     monkeypatch.setattr(sg, "GUMBEL_CLAMP", clamp)
     n, embed = 40000, torch.nn.Embedding(7, 4)
@@ -78,7 +86,7 @@ def test_emitted_thinking_tokens_are_gumbel_max_samples(monkeypatch, clamp):
     assert chi2 < 18.47  # chi-square, 4 degrees of freedom, p = 0.001
 
 
-def test_answer_rows_sample_with_their_own_top_k_and_top_p():
+def test_answer_rows_sample_with_their_own_top_k_and_top_p(sg):
     n, embed = 20000, torch.nn.Embedding(6, 4)
     logits = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.06, 0.04, 0.0]]).repeat(n, 1) + 1e-12)
     tok, nxt, (_, _, soft) = sg.soft_sample_step(
@@ -103,7 +111,7 @@ def test_answer_rows_sample_with_their_own_top_k_and_top_p():
     assert torch.equal(nxt, embed(tok))  # answer inputs are one-hot
 
 
-def test_think_end_switches_the_row_to_answer_mode_one_hot():
+def test_think_end_switches_the_row_to_answer_mode_one_hot(sg):
     embed = torch.nn.Embedding(6, 4)
     logits = torch.tensor([[0.0, 0, 0, 0, 9, 0], [9.0, 0, 0, 0, 0, 0]])  # row 0 emits 4 (= </think> here)
     tok, nxt, (_, _, soft) = sg.soft_sample_step(
@@ -133,7 +141,7 @@ def gumbel_logpdf_reference(z, y):
     return torch.distributions.Gumbel(0.0, 1.0).log_prob(torch.tensor(g[ell > -3])).mean().item()
 
 
-def test_soft_log_density_against_independent_references():
+def test_soft_log_density_against_independent_references(sg):
     torch.manual_seed(0)
     z = torch.randn(64, 5, dtype=torch.float64) * 2
     pi = torch.softmax(torch.randn(64, 5, dtype=torch.float64), -1)
@@ -154,7 +162,7 @@ def test_soft_log_density_against_independent_references():
         assert np.allclose(sg.soft_log_density(z, torch.tensor(yy), noise).numpy(), expected, atol=1e-8), noise
 
 
-def test_gradient_reaches_only_the_stored_ids_through_log_q():
+def test_gradient_reaches_only_the_stored_ids_through_log_q(sg):
     torch.manual_seed(0)
     z = torch.randn(3, 40, requires_grad=True)
     ids = torch.stack([torch.randperm(40)[:5] for _ in range(3)])
@@ -181,11 +189,11 @@ def sampling(tok, **kw):
 
 
 def rows_for(tok, n):
-    return sg.render_prompts(tok, sg.toy_splits(sg.Args(**TINY))[1][:n], 10**9)[0]
+    return sofT_grpo.render_prompts(tok, sofT_grpo.toy_splits(sofT_grpo.Args(**TINY))[1][:n], 10**9)[0]
 
 
 @pytest.mark.parametrize("noise", ["gumbel", "dirichlet", "gaussian"])
-def test_kv_cache_rollout_matches_full_forward_on_rebuilt_inputs(toy, monkeypatch, noise):
+def test_kv_cache_rollout_matches_full_forward_on_rebuilt_inputs(sg, toy, monkeypatch, noise):
     """The log-prob under the rollout's own (KV-cache) logits at T = 0.6 equals the one recomputed by token_logprobs
     from the stored (ids, y) with one full forward; so do the logits (compared through the entropy)."""
     _, tok, model = toy
@@ -213,7 +221,7 @@ def test_kv_cache_rollout_matches_full_forward_on_rebuilt_inputs(toy, monkeypatc
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_chunked_logprobs_equal_the_full_log_softmax(toy, monkeypatch, temperature):
+def test_chunked_logprobs_equal_the_full_log_softmax(sg, toy, monkeypatch, temperature):
     """token_logprobs in chunks of 5 positions equals the full log_softmax(...).gather(...) at hard positions and
     soft_log_density of the full logits' k stored entries at soft positions."""
     _, tok, model = toy
@@ -241,7 +249,7 @@ def test_chunked_logprobs_equal_the_full_log_softmax(toy, monkeypatch, temperatu
         assert torch.equal(sg.token_logprobs(model, batch, temperature, "gumbel", 0.1)[0], logp)
 
 
-def test_one_hot_soft_inputs_give_the_discrete_logits(toy):
+def test_one_hot_soft_inputs_give_the_discrete_logits(sg, toy):
     """Soft positions whose mixture is one-hot feed exactly E[token]: the logits equal discrete_grpo's path."""
     _, tok, model = toy
     rows = rows_for(tok, 3)
@@ -258,7 +266,7 @@ def test_one_hot_soft_inputs_give_the_discrete_logits(toy):
     assert torch.equal(ent_soft, ent_disc)
 
 
-def test_first_minibatch_ratio_is_one_and_kl_zero(toy):
+def test_first_minibatch_ratio_is_one_and_kl_zero(sg, toy):
     path, tok, model = toy
     batch = sg.generate(
         model,
@@ -290,7 +298,7 @@ def test_first_minibatch_ratio_is_one_and_kl_zero(toy):
     model.eval()
 
 
-def test_soft_inputs_are_detached():
+def test_soft_inputs_are_detached(sg):
     """No pathwise gradient through the mixture embeddings: an untied input embedding gets no gradient."""
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(
@@ -320,7 +328,7 @@ def test_soft_inputs_are_detached():
     assert model.lm_head.weight.grad.abs().sum() > 0
 
 
-def test_topk_topp_probs_against_brute_force():
+def test_topk_topp_probs_against_brute_force(sg):
     torch.manual_seed(0)
     logits = torch.randn(6, 11) * 2
     for temperature, k, p in [(0.6, 5, 0.8), (1.0, 5, 0.95), (1.4, 3, 0.5), (0.7, 11, 1.0)]:
@@ -354,7 +362,7 @@ def test_topk_topp_probs_against_brute_force():
 
 
 @pytest.mark.parametrize("noise", ["dirichlet", "gaussian"])
-def test_ablation_noises_have_their_laws(noise):
+def test_ablation_noises_have_their_laws(sg, noise):
     """Dirichlet: y_i ~ Gamma(pi_i, 1) (mean and variance pi_i); Gaussian: y_i ~ N(pi_i, 0.05^2)."""
     torch.manual_seed(0)  # the Gamma draw uses the global RNG
     n, logits = 20000, torch.tensor([[2.0, 1.5, 1.0, 0.3, -0.5, -3.0]])
@@ -374,7 +382,7 @@ def test_ablation_noises_have_their_laws(noise):
         assert abs(draws.std().item() / sd - 1) < 0.05, (noise, token)
 
 
-def test_soft_step_stores_the_sorted_ids_and_the_perturbed_logits():
+def test_soft_step_stores_the_sorted_ids_and_the_perturbed_logits(sg):
     torch.manual_seed(0)
     B, V, k, T, p = 6, 12, 5, 0.7, 0.9
     logits, embed = torch.randn(B, V) * 2, torch.nn.Embedding(V, 4)
@@ -397,7 +405,7 @@ def test_soft_step_stores_the_sorted_ids_and_the_perturbed_logits():
     torch.testing.assert_close(nxt.double(), (w[..., None] * embed.weight[ids].double()).sum(1), atol=1e-6, rtol=0)
 
 
-def test_thinking_to_answer_switch_from_a_scripted_model():
+def test_thinking_to_answer_switch_from_a_scripted_model(sg):
     """soft_mask: True while a row thinks, False from the step that emits </think> (3) on; an EOS (2) emitted while
     thinking is a soft action; the input after </think> is exactly E[</think>]."""
     script = [[5, 6, 2, 7, 7, 7], [5, 3, 6, 6, 2, 8], [3, 2, 9, 9, 9, 9], [5, 5, 5, 5, 5, 2]]
@@ -413,7 +421,7 @@ def test_thinking_to_answer_switch_from_a_scripted_model():
     assert torch.equal(out["soft_ids"][1, 1], torch.tensor([3, *out["soft_ids"][1, 1, 1:].tolist()]))
 
 
-def test_temperature_0_is_greedy(toy):
+def test_temperature_0_is_greedy(sg, toy):
     """Greedy soft rollouts emit the parent's greedy tokens (the Gumbel-perturbed one-hot keeps its argmax)."""
     _, tok, model = toy
     rows = rows_for(tok, 5)
@@ -431,12 +439,12 @@ def test_temperature_0_is_greedy(toy):
 
 def test_each_eval_setting_runs_once(toy, tmp_path):
     path, _, _ = toy
-    args = sg.Args(model_name_or_path=path, eval_only=True, eval_problems=3, eval_samples=3, max_new_tokens=12)
-    summary = sg.main(sg.replace(args, output_dir=str(tmp_path)))
+    args = sofT_grpo.Args(model_name_or_path=path, eval_only=True, eval_problems=3, eval_samples=3, max_new_tokens=12)
+    summary = sofT_grpo.main(sofT_grpo.replace(args, output_dir=str(tmp_path)))
     with open(os.path.join(summary["run_dir"], "eval_step0.json")) as f:
         record = json.load(f)
-    assert record["settings"] == sg.EVAL_SETTINGS and record["grader"] == "math-verify"
-    for name in sg.EVAL_SETTINGS:
+    assert record["settings"] == sofT_grpo.EVAL_SETTINGS and record["grader"] == "math-verify"
+    for name in sofT_grpo.EVAL_SETTINGS:
         keys = {f"{name}/pass@{k}" for k in (1, 2, 3)} | {f"{name}/accuracy/{g}" for g in ("math-verify", "rule")}
         assert keys <= set(record) and all(0 <= record[key] <= 1 for key in keys), name
         assert record[f"{name}/pass@1"] == record[f"{name}/accuracy/math-verify"]
@@ -444,7 +452,7 @@ def test_each_eval_setting_runs_once(toy, tmp_path):
 
 def test_bad_input_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
-        sg.main(sg.Args(top_k=0))
+        sofT_grpo.main(sofT_grpo.Args(top_k=0))
     assert e.value.code == 2 and "--top-k" in capsys.readouterr().err
 
 
@@ -459,8 +467,8 @@ def without_timings(summary):
 
 def run_tiny(tmp_path, monkeypatch, out):
     # Rewards from a random tiny model are all 0 (no learning signal): reward an even-length completion instead
-    monkeypatch.setattr(sg, "math_reward", lambda text, answer: float(len(text) % 2 == 0))
-    args = sg.Args(
+    monkeypatch.setattr(sofT_grpo, "math_reward", lambda text, answer: float(len(text) % 2 == 0))
+    args = sofT_grpo.Args(
         **TINY,
         toy_cache_dir=str(tmp_path / "cache"),
         output_dir=str(tmp_path / out),
@@ -476,10 +484,10 @@ def run_tiny(tmp_path, monkeypatch, out):
         learning_rate=1e-3,
         log_completions_every=1,
     )
-    return args, sg.main(args)
+    return args, sofT_grpo.main(args)
 
 
-def test_a_few_sofT_grpo_steps_train_every_parameter_deterministically(tmp_path, monkeypatch):
+def test_a_few_sofT_grpo_steps_train_every_parameter_deterministically(sg, tmp_path, monkeypatch):
     args, s1 = run_tiny(tmp_path, monkeypatch, "a")
     assert math.isfinite(s1["loss"]) and s1["soft/thinking_length"] > 0 and 0 < s1["soft/top1_weight"] <= 1
     base = AutoModelForCausalLM.from_pretrained(sg.build_toy_base(args))
@@ -492,7 +500,7 @@ def test_a_few_sofT_grpo_steps_train_every_parameter_deterministically(tmp_path,
     assert without_timings(s1) == without_timings(s2)
 
 
-def test_a_top_p_emptied_slot_leaves_the_gumbel_density():
+def test_a_top_p_emptied_slot_leaves_the_gumbel_density(sg):
     """Probabilities (0.6, 0.35, 0.05) with top-p 0.9: the sampler keeps two components and stores y = log(1e-6) + g
     in the third slot. As in the official sampler, whose slot holds a probability-0 id, the density is the mean of the
     Gumbel log-pdf over the two kept components, with q renormalised over them (0.05 would pass log q > -3)."""
