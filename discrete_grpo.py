@@ -360,7 +360,8 @@ def main(args: Args) -> dict:
     summary = {"run_dir": run_dir, "skipped_prompts": n_skipped}
 
     def run_eval(step: int) -> dict:
-        """n samples per held-out problem with the eval sampling flags: Pass@k (--eval-grader), both accuracies."""
+        """n samples per held-out problem with the eval sampling flags: Pass@k (--eval-grader), both accuracies.
+        Returns them by name and writes them to TensorBoard and to RUN_DIR/eval_step<step>.json."""
         t0, n = time.time(), args.eval_samples
         todo = []  # each problem n times in a row
         for r in eval_rows:
@@ -617,7 +618,12 @@ def eval_reward(completion: str, answer: str) -> float:
     boxed = last_boxed(completion)
     if boxed is None:
         return 0.0
-    if re.fullmatch(r"-?[\d,]*\.?\d+", answer):
+    # The gold itself is right even where the official answer settings cannot parse it (\frac43, 11\sqrt2)
+    if boxed.split() == answer.split():
+        return 1.0
+    # Numeric means a plain number or one with thousands separators (1,000): a list such as 1,3 or -2,1 would be
+    # read as the number 1.3, so it goes to the LaTeX parser, which makes it the set {1, 3}
+    if re.fullmatch(r"-?\d*\.?\d+|-?\d{1,3}(,\d{3})+(\.\d+)?", answer):
         gold = parse(answer, [ExprExtractionConfig()], parsing_timeout=GRADER_TIMEOUT_S)
     else:
         gold = parse(f"${answer}$", [LatexExtractionConfig()], parsing_timeout=GRADER_TIMEOUT_S)
@@ -692,7 +698,7 @@ def build_toy_base(args: Args) -> str:
     path = os.path.join(args.toy_cache_dir, "toy-base-" + hashlib.sha256(json.dumps(cfg).encode()).hexdigest()[:12])
     if os.path.isfile(os.path.join(path, "config.json")):
         return path
-    torch.manual_seed(0)  # fixed, independent of --seed: every run (and sofT_grpo.py) starts from the same weights
+    torch.manual_seed(0)  # fixed, independent of --seed: every run of every GRPO script starts from these weights
     tok = toy_tokenizer()
     h = args.toy_hidden_size
     cfg = dict(vocab_size=len(tok), hidden_size=h, intermediate_size=4 * h, num_hidden_layers=args.toy_num_layers)

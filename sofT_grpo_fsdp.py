@@ -243,8 +243,6 @@ def rollout(
             attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], 1)
         pos, forward = pos[:, -1:] + 1, model if compiled is None else compiled
     ids, soft_ids, soft_y, soft = (torch.stack(x, 1) for x in zip(*tokens))  # [B, T], [B, T, k], [B, T, k], [B, T]
-    T = eager_length(ids, stop_ids)
-    ids, soft_ids, soft_y, soft = ids[:, :T], soft_ids[:, :T], soft_y[:, :T], soft[:, :T]
     stop = torch.isin(ids, stop_ids).long()
     mask = (stop.cumsum(1) - stop == 0).long()
     return {"completion_ids": ids, "completion_mask": mask, "soft_ids": soft_ids, "soft_y": soft_y, "soft_mask": soft}
@@ -274,7 +272,9 @@ def generate(model, tok, rows: list, chunk: int, max_new_tokens: int, stop_ids, 
     outs = []
     for i in range(0, len(rows), chunk):
         ids, mask = prompt_ids[i : i + chunk], prompt_mask[i : i + chunk]
-        outs.append(rollout(model, ids, mask, max_new_tokens, stop_ids, generator, compiled, **sampling))
+        out = rollout(model, ids, mask, max_new_tokens, stop_ids, generator, compiled, **sampling)
+        T = eager_length(out["completion_ids"], stop_ids)  # --compile may decode past the eager loop's last step
+        outs.append({k: v[:, :T] for k, v in out.items()})  # every stored [b, t, ...] tensor, cut to the eager T
     T = max(o["completion_ids"].shape[1] for o in outs)
     batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask}
     for key in outs[0]:  # every stored [b, t, ...] tensor
@@ -526,7 +526,7 @@ def main(args: Args) -> dict:
 
     def run_eval(step: int) -> dict:
         """n samples per held-out problem in each of --eval-settings: Pass@k (--eval-grader), both accuracies.
-        Each rank decodes every world-th problem; the correct counts are gathered."""
+        Each rank decodes every world-th problem; the counts are gathered; rank 0 writes TensorBoard and the JSON."""
         t0, n = time.time(), args.eval_samples
         todo = []  # each of this rank's problems n times in a row
         for r in eval_rows[rank::world]:
@@ -921,7 +921,12 @@ def eval_reward(completion: str, answer: str) -> float:
     boxed = last_boxed(completion)
     if boxed is None:
         return 0.0
-    if re.fullmatch(r"-?[\d,]*\.?\d+", answer):
+    # The gold itself is right even where the official answer settings cannot parse it (\frac43, 11\sqrt2)
+    if boxed.split() == answer.split():
+        return 1.0
+    # Numeric means a plain number or one with thousands separators (1,000): a list such as 1,3 or -2,1 would be
+    # read as the number 1.3, so it goes to the LaTeX parser, which makes it the set {1, 3}
+    if re.fullmatch(r"-?\d*\.?\d+|-?\d{1,3}(,\d{3})+(\.\d+)?", answer):
         gold = parse(answer, [ExprExtractionConfig()], parsing_timeout=GRADER_TIMEOUT_S)
     else:
         gold = parse(f"${answer}$", [LatexExtractionConfig()], parsing_timeout=GRADER_TIMEOUT_S)
@@ -996,7 +1001,7 @@ def build_toy_base(args: Args) -> str:
     path = os.path.join(args.toy_cache_dir, "toy-base-" + hashlib.sha256(json.dumps(cfg).encode()).hexdigest()[:12])
     if os.path.isfile(os.path.join(path, "config.json")):
         return path
-    torch.manual_seed(0)  # fixed, independent of --seed: every run (and discrete_grpo.py) starts from the same weights
+    torch.manual_seed(0)  # fixed, independent of --seed: every run of every GRPO script starts from these weights
     tok = toy_tokenizer()
     h = args.toy_hidden_size
     cfg = dict(vocab_size=len(tok), hidden_size=h, intermediate_size=4 * h, num_hidden_layers=args.toy_num_layers)

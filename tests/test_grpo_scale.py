@@ -1,6 +1,8 @@
-"""Scale-out of both GRPO scripts on CPU: 2 gloo ranks under torchrun take the same optimizer step as one process,
-a 2-rank run with FSDP2 trains and writes once, bf16 compute keeps fp32 masters, resume equals an uninterrupted run,
-and bad world sizes or resume folders get one-line errors."""
+"""Scale-out of both *_fsdp.py variants on CPU: 2 gloo ranks under torchrun take the same optimizer step as one
+process and as the teaching file (every loss mode, unequal lengths, clipping on and off), `main` hands the ranks the
+rows of one process's mini-batches, a sharded greedy evaluation grades every problem once, a 2-rank run with FSDP2
+trains and writes once, bf16 compute keeps fp32 masters, resume equals an uninterrupted run, and bad world sizes or
+resume folders get one-line errors."""
 
 import glob
 import os
@@ -9,14 +11,17 @@ import sys
 
 import pytest
 import torch
-from grpo_dist_worker import TINY, fixed_batch, one_update
+from grpo_dist_worker import CASES, TINY, fixed_batch, greedy, observed_main, one_update
 from safetensors.torch import load_file
 
+import discrete_grpo
 import discrete_grpo_fsdp
+import sofT_grpo
 import sofT_grpo_fsdp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"discrete_grpo_fsdp": discrete_grpo_fsdp, "sofT_grpo_fsdp": sofT_grpo_fsdp}
+TEACHING = {discrete_grpo_fsdp: discrete_grpo, sofT_grpo_fsdp: sofT_grpo}  # each variant's teaching file
 
 
 @pytest.fixture(scope="module", params=list(SCRIPTS))
@@ -32,16 +37,56 @@ def two_ranks(request, tmp_path_factory):
     return SCRIPTS[request.param], out, cache
 
 
-def test_two_ranks_step_like_one_process(two_ranks):
+def test_two_ranks_step_like_one_process_and_like_the_teaching_file(two_ranks):
+    """In every loss mode, on rows of unequal lengths, unclipped and clipped: the 2-rank FSDP2 step, the variant's
+    1-process step and the teaching file's step are the same step (parameters within 1e-5)."""
     M, out, cache = two_ranks
     saved = torch.load(out / "two_ranks_update.pt")
     args = M.Args(**TINY, toy_cache_dir=cache)
     before = M.AutoModelForCausalLM.from_pretrained(M.build_toy_base(args)).state_dict()
-    weights, grad_norm = one_update(M, args, rank=0, world=1, shard=False)
-    assert abs(saved["grad_norm"] - grad_norm) < 1e-5 * grad_norm  # the global norm, not a rank's
-    for name, w in weights.items():
-        assert (saved["weights"][name] - w).abs().max() < 1e-5, name
-        assert (w - before[name]).abs().max() > 1e-4, name  # moved: half or twice the step would show
+    fixed = {m: fixed_batch(m, args) for m in (M, TEACHING[M])}
+    for mode, clip in CASES:
+        case = M.replace(args, loss_agg_mode=mode, max_grad_norm=clip)
+        ranks_weights, ranks_norm = saved["cases"][mode, clip]
+        # the teaching file in every mode unclipped and in one clipped mode (its clipping is the variant's line)
+        for m in (M, TEACHING[M]) if clip > 1e8 or mode == "token-mean" else (M,):
+            weights, grad_norm = one_update(m, case, rank=0, world=1, shard=False, fixed=fixed[m])
+            assert abs(ranks_norm - grad_norm) < 1e-5 * grad_norm, (m.__name__, mode, clip)  # global, not a rank's
+            assert clip > 1e8 or grad_norm > 2 * clip, (mode, clip)  # the clipping bites
+            for name, w in weights.items():
+                assert (ranks_weights[name] - w).abs().max() < 1e-5, (m.__name__, mode, clip, name)
+                if clip > 1e8:  # moved far beyond the tolerance: half or twice the step would show
+                    assert (w - before[name]).abs().max() > 1e-4, name
+
+
+def test_main_hands_the_ranks_one_process_mini_batches(two_ranks, tmp_path):
+    """Mini-batch j of rank 0 followed by mini-batch j of rank 1 holds the prompts of mini-batch j of one process:
+    checked on the rows `main` itself passes to ppo_update, not on rows the test shards."""
+    M, out, cache = two_ranks
+    ranks = [torch.load(out / f"mini_batches_rank{r}.pt") for r in (0, 1)]  # [rank][mini-batch][row] prompt ids
+    args = M.replace(M.Args(**TINY, toy_cache_dir=cache, output_dir=str(tmp_path), total_steps=1), eval_problems=1)
+    one = observed_main(M, args)["mini_batches"]
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == args.prompts_per_step // args.mini_batch_prompts
+    for j, mini in enumerate(one):
+        assert ranks[0][j] + ranks[1][j] == mini, j
+    assert len({tuple(p) for mini in one for p in mini}) == args.prompts_per_step  # distinct prompts
+
+
+def test_sharded_greedy_eval_grades_every_problem_once(two_ranks, tmp_path):
+    """A greedy evaluation decodes the same text on any rank: the gathered 2-rank counts are one process's counts."""
+    M, out, cache = two_ranks
+    ranks = torch.load(out / "two_ranks_update.pt")["eval_counts"]
+    saved = dict(M.EVAL_SETTINGS) if hasattr(M, "EVAL_SETTINGS") else None
+    args = M.Args(**TINY, toy_cache_dir=cache, output_dir=str(tmp_path), total_steps=1)
+    try:
+        one = observed_main(M, greedy(M, args))["counts"]
+    finally:
+        if saved is not None:
+            M.EVAL_SETTINGS = saved
+    assert len(one) == len(ranks) == 2  # before and after training (after: different rollouts trained each model)
+    for grader in one[0]:
+        assert len(ranks[0][grader]) == len(one[0][grader]) == args.eval_problems  # every problem, once
+        assert sorted(ranks[0][grader]) == sorted(one[0][grader]), grader
 
 
 def test_a_rollout_all_gathers_each_unit_once_not_per_token(two_ranks):
@@ -75,13 +120,18 @@ def M(request):
 
 
 def test_micro_batches_take_the_step_of_the_whole_mini_batch(M, tmp_path):
-    """The loss is normalised by the mini-batch's token count, not each micro-batch's: splitting a mini-batch into
-    micro-batches (or ranks) must not change the step."""
+    """The loss is normalised by the mini-batch's token and row counts, not each micro-batch's: splitting a
+    mini-batch of unequal lengths into micro-batches must not change the step, in any loss mode."""
     args = M.Args(**TINY, toy_cache_dir=str(tmp_path))
-    split, _ = one_update(M, args, rank=0, world=1, shard=False)  # micro-batches of 2 rows
-    whole, _ = one_update(M, M.replace(args, micro_batch_size=8), rank=0, world=1, shard=False)  # one per mini-batch
-    for name, w in whole.items():
-        assert (split[name] - w).abs().max() < 1e-5, name
+    fixed = fixed_batch(M, args)
+    for mode, clip in CASES:
+        if clip < 1e8:  # clipping acts on the accumulated gradient, after every micro-batch: the modes suffice
+            continue
+        case = M.replace(args, loss_agg_mode=mode, max_grad_norm=clip)
+        split, _ = one_update(M, case, rank=0, world=1, shard=False, fixed=fixed)  # micro-batches of 2 rows
+        whole, _ = one_update(M, M.replace(case, micro_batch_size=8), rank=0, world=1, shard=False, fixed=fixed)
+        for name, w in whole.items():
+            assert (split[name] - w).abs().max() < 1e-5, (mode, clip, name)
 
 
 def test_bad_world_size_is_one_line(M, capsys):

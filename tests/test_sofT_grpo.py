@@ -487,10 +487,10 @@ def run_tiny(tmp_path, monkeypatch, out):
     return args, sofT_grpo.main(args)
 
 
-def test_a_few_sofT_grpo_steps_train_every_parameter_deterministically(sg, tmp_path, monkeypatch):
+def test_a_few_sofT_grpo_steps_train_every_parameter_deterministically(tmp_path, monkeypatch):
     args, s1 = run_tiny(tmp_path, monkeypatch, "a")
     assert math.isfinite(s1["loss"]) and s1["soft/thinking_length"] > 0 and 0 < s1["soft/top1_weight"] <= 1
-    base = AutoModelForCausalLM.from_pretrained(sg.build_toy_base(args))
+    base = AutoModelForCausalLM.from_pretrained(sofT_grpo.build_toy_base(args))
     final = AutoModelForCausalLM.from_pretrained(os.path.join(s1["run_dir"], "final"))
     decay = (1 - args.learning_rate * 0.01) ** (args.total_steps * args.prompts_per_step // args.mini_batch_prompts)
     for (name, p0), p1 in zip(base.named_parameters(), final.parameters()):

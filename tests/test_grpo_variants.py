@@ -1,0 +1,46 @@
+"""The teaching files and their paper-scale variants: the teaching files hold no distributed code, and the soft
+method is the same set of lines in both pairs (`sofT_grpo.py` vs `discrete_grpo.py` and `sofT_grpo_fsdp.py` vs
+`discrete_grpo_fsdp.py`), so a change to the soft method made in one copy only fails here."""
+
+import ast
+import difflib
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def code_lines(script: str) -> list:
+    """The script's lines, whitespace-stripped and blank lines dropped, without the module docstring (each file's
+    header names itself and its own commands)."""
+    with open(os.path.join(REPO, script)) as f:
+        src = f.read()
+    doc_end = ast.parse(src).body[0].end_lineno
+    return [line.strip() for line in src.split("\n")[doc_end:] if line.strip()]
+
+
+def changed(parent: str, child: str) -> tuple:
+    """The lines the child removes from and adds to the parent (as `diff -w` shows them), as sorted lists."""
+    a, b = code_lines(parent), code_lines(child)
+    removed, added = [], []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag != "equal":
+            removed += a[i1:i2]
+            added += b[j1:j2]
+    return sorted(removed), sorted(added)
+
+
+def test_the_soft_diff_is_the_same_in_both_pairs():
+    removed, added = changed("discrete_grpo.py", "sofT_grpo.py")
+    removed_fsdp, added_fsdp = changed("discrete_grpo_fsdp.py", "sofT_grpo_fsdp.py")
+    assert len(added) > 100  # the soft method itself
+    assert added == added_fsdp, sorted(set(added) ^ set(added_fsdp))
+    assert removed == removed_fsdp, sorted(set(removed) ^ set(removed_fsdp))
+
+
+@pytest.mark.parametrize("script", ["discrete_grpo.py", "sofT_grpo.py"])
+def test_teaching_files_have_no_distributed_code(script):
+    code = "\n".join(code_lines(script))
+    for word in ("torch.distributed", "FSDP", "fully_shard", "world", "rank", "StaticCache", "torch.compile"):
+        assert word not in code, word
