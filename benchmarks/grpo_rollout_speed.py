@@ -1,4 +1,5 @@
-"""Rollout throughput of both GRPO scripts on one default training rollout batch of the toy (16 prompts x G 8 =
+"""Rollout throughput of both paper-scale GRPO variants (`*_fsdp.py`, the files that carry --compile) on one
+default training rollout batch of the toy (16 prompts x G 8 =
 128 rows, 48 new tokens, the scripts' training sampling): the eager loop, --compile (StaticCache + compiled step,
 timed after a warm-up call) and Hugging Face `generate` with the same sampling (discrete only: it has no soft
 thinking). Every method decodes all 48 tokens of every row (no stop token; `min_new_tokens` for `generate`), so the
@@ -16,8 +17,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import discrete_grpo  # noqa: E402
-import sofT_grpo  # noqa: E402
+import discrete_grpo_fsdp as discrete_grpo  # noqa: E402
+import sofT_grpo_fsdp as sofT_grpo  # noqa: E402
 
 NEW_TOKENS = 48
 
@@ -91,7 +92,7 @@ def main():
     for (script, name), (sec, _) in results.items():
         eager = results[(script, "eager")][0]
         print(f"| {script} | {name} | {sec:.2f} | {tokens / sec:.0f} | {eager / sec:.2f}x |")
-    soft, discrete = results[("sofT_grpo", "--compile")][0], results[("discrete_grpo", "--compile")][0]
+    soft, discrete = results[("sofT_grpo_fsdp", "--compile")][0], results[("discrete_grpo_fsdp", "--compile")][0]
     eager_ratio = results[("discrete_grpo", "eager")][0] / results[("sofT_grpo", "eager")][0]
     print(f"\nsoft / discrete throughput: eager {eager_ratio:.2f}, --compile {discrete / soft:.2f}")
 

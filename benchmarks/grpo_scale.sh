@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CPU step time of the default toy step (16 prompts x G 8) in one process and in 2 gloo ranks (torchrun + FSDP2),
-# the same total work per step, for both GRPO scripts; and the memory table of docs/discrete_grpo.md.
+# the same total work per step, for both paper-scale variants (*_fsdp.py); and the memory table of docs/discrete_grpo.md.
 # Usage: bash benchmarks/grpo_scale.sh [timing|memory]   (from the repository root, after the README's install)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,8 +9,8 @@ FLAGS="--total-steps 6 --eval-problems 8 --eval-samples 2 --log-completions-ever
 
 if [ "${1:-timing}" = "timing" ]; then
   rm -rf "$OUT"
-  python discrete_grpo.py --eval-only --eval-problems 1 > /dev/null 2>&1   # build and cache the toy base model once
-  for script in discrete_grpo sofT_grpo; do
+  python discrete_grpo_fsdp.py --eval-only --eval-problems 1 > /dev/null 2>&1   # build and cache the toy base model once
+  for script in discrete_grpo_fsdp sofT_grpo_fsdp; do
     OMP_NUM_THREADS=1 python $script.py $FLAGS --output-dir "$OUT/$script/1proc_1thread" > /dev/null 2>&1
     OMP_NUM_THREADS=2 python $script.py $FLAGS --output-dir "$OUT/$script/1proc_2threads" > /dev/null 2>&1
     OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 $script.py $FLAGS \

@@ -44,3 +44,17 @@ def test_teaching_files_have_no_distributed_code(script):
     code = "\n".join(code_lines(script))
     for word in ("torch.distributed", "FSDP", "fully_shard", "world", "rank", "StaticCache", "torch.compile"):
         assert word not in code, word
+
+
+def test_the_docs_reading_maps_are_generated_from_today_s_code(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "grpo_reading_map", os.path.join(REPO, "benchmarks", "grpo_reading_map.py")
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--check"]) == 0  # stale: run python benchmarks/grpo_reading_map.py
+    # and the check can fail: a map generated from a shifted file differs
+    monkeypatch.setattr(tool, "reading_map", lambda script: "| lines |")
+    assert tool.main(["--check"]) == 1
