@@ -58,3 +58,21 @@ def test_the_docs_reading_maps_are_generated_from_today_s_code(monkeypatch, tmp_
     # and the check can fail: a map generated from a shifted file differs
     monkeypatch.setattr(tool, "reading_map", lambda script: "| lines |")
     assert tool.main(["--check"]) == 1
+
+
+# the functions the scale-out changes (the rest of each variant is its teaching file's code, character for character)
+SCALED = {"rollout", "generate", "token_logprobs", "grpo_loss", "old_and_ref_logprobs", "ppo_update", "autocast"}
+SCALED |= {"main", "validate", "micro_size"}
+
+
+@pytest.mark.parametrize("teaching", ["discrete_grpo.py", "sofT_grpo.py"])
+def test_a_variant_changes_only_the_functions_of_the_scale_out(teaching):
+    def functions(script: str) -> dict:
+        with open(os.path.join(REPO, script)) as f:
+            src = f.read()
+        return {n.name: ast.get_source_segment(src, n) for n in ast.parse(src).body if isinstance(n, ast.FunctionDef)}
+
+    plain, variant = functions(teaching), functions(teaching.replace(".py", "_fsdp.py"))
+    assert set(plain) <= set(variant)  # the variant adds the scale-out helpers and keeps every function
+    changed = {name for name in plain if plain[name] != variant[name]}
+    assert changed == SCALED
