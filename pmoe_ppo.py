@@ -3,14 +3,13 @@ of CleanRL's cleanrl/ppo_continuous_action.py on gymnasium 1.x, MuJoCo v5 (docs/
 
     python pmoe_ppo.py                            # PMOE, K=5 experts, HalfCheetah-v5, CleanRL's 1M steps
     python pmoe_ppo.py --num-experts 1            # plain CleanRL PPO on the same code path
-    python pmoe_ppo.py --policy-type mcp          # the paper's MoE baselines: --policy-type gating or mcp
     python pmoe_ppo.py --eval-only --model-path runs/<run_name>/pmoe_ppo.cleanrl_model
-    python pmoe_ppo.py --compile                  # long runs: compiled losses, step and acting (+ --cudagraphs on GPU)
+    python pmoe_ppo.py --eval-every 20480         # also evaluate every 10 rollouts: an eval curve over steps
 
 What the diff changes: the actor has K Gaussian experts and a router w(s); the PPO ratio uses the mixture density;
 a Q-network fit to the lambda-returns scores one sample per expert and w(s) is regressed onto the best expert's
 one-hot (the "frequency approximate gradient"). No official PPO code exists: we follow the co-author's pmoe_ppo.py
-(quantumiracle/Popular-RL-Algorithms, PMOE_PPO.train_net). Training ends with two deterministic evaluations.
+(quantumiracle/Popular-RL-Algorithms, PMOE_PPO.train_net). Evaluation: mean actions, argmax and sampled expert.
 """
 
 import os
@@ -47,7 +46,7 @@ class Args:
     compile: bool = False
     """torch.compile the minibatch losses, the optimizer step and the acting policy: same math, compiled at start"""
     cudagraphs: bool = False
-    """with --compile on a CUDA GPU: also replay the compiled functions as CUDA graphs (inductor's reduce-overhead)"""
+    """with --compile on a CUDA GPU: compile with inductor's reduce-overhead (CUDA graphs); untested on a GPU here"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "cleanRL"
@@ -63,7 +62,9 @@ class Args:
     model_path: Optional[str] = None
     """a `.cleanrl_model` file written by --save-model (used with --eval-only)"""
     eval_episodes: int = 10
-    """the number of deterministic evaluation episodes (each way: argmax and sampled expert)"""
+    """the number of mean-action evaluation episodes (each way: argmax and sampled expert)"""
+    eval_every: int = 0
+    """also evaluate at the first rollout boundary at or past every multiple of this many steps (0: only at the end)"""
 
     # Algorithm specific arguments
     env_id: str = "HalfCheetah-v5"
@@ -277,7 +278,7 @@ class Agent(nn.Module):
             action = probs.sample()
         return action, probs.log_prob(action).sum(1), probs.entropy().sum(1), self.critic(x)
 
-    def get_eval_action(self, x, eval_expert):  # deterministic: the mean of one expert, or of the combined Gaussian
+    def get_eval_action(self, x, eval_expert):  # the mean of one expert (argmax, or drawn), or of the combined Gaussian
         mix_logits, expert_means, expert_logstds = self.get_experts(x)
         if self.policy_type != "pmoe":
             return combine_experts(self.policy_type, mix_logits, expert_means, expert_logstds)[0]
@@ -373,8 +374,9 @@ def keep_outputs(compiled):
 
 
 def evaluate(agent, args, obs_rms, eval_expert, device):
-    """--eval-episodes deterministic episodes, with the training observation statistics frozen (gymnasium >= 1.0's
-    update_running_mean; the fix for CleanRL issues #425/#532). obs_rms: {"mean", "var", "count"} -> returns"""
+    """--eval-episodes mean-action episodes, with the training observation statistics frozen (gymnasium >= 1.0's
+    update_running_mean; the fix for CleanRL issues #425/#532). obs_rms: {"mean", "var", "count"} -> returns.
+    torch's generator is forked: evaluating during training leaves the training draws as they were."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, 0, False, "", args.gamma)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
@@ -385,16 +387,28 @@ def evaluate(agent, args, obs_rms, eval_expert, device):
     obs_norm.obs_rms.count = obs_rms["count"].item()
     obs_norm.update_running_mean = False
     obs, _ = envs.reset(seed=args.seed)
-    torch.manual_seed(args.seed)  # the sampled-expert evaluation gives the same returns from a saved model
     episodic_returns = []
-    while len(episodic_returns) < args.eval_episodes:
-        with torch.no_grad():
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        torch.manual_seed(args.seed)  # the sampled-expert evaluation gives the same returns from a saved model
+        while len(episodic_returns) < args.eval_episodes:
             action = agent.get_eval_action(torch.Tensor(obs).to(device), eval_expert)
-        obs, _, _, _, infos = envs.step(action.cpu().numpy())
-        if "final_info" in infos and "_episode" in infos["final_info"]:
-            episodic_returns += infos["final_info"]["episode"]["r"][infos["final_info"]["_episode"]].tolist()
+            obs, _, _, _, infos = envs.step(action.cpu().numpy())
+            if "final_info" in infos and "_episode" in infos["final_info"]:
+                episodic_returns += infos["final_info"]["episode"]["r"][infos["final_info"]["_episode"]].tolist()
     envs.close()
     return episodic_returns
+
+
+def log_evaluation(agent, args, obs_rms, writer, step, device):
+    """Evaluate with the argmax and the sampled expert; log and return `eval/episodic_return_*` at `step`."""
+    means = {}
+    for eval_expert in ("argmax", "sample"):
+        returns = evaluate(agent, args, obs_rms, eval_expert, device)
+        means[f"eval/episodic_return_{eval_expert}"] = float(np.mean(returns))
+    means["eval/episodic_return"] = means[f"eval/episodic_return_{args.eval_expert}"]
+    for name, value in means.items():
+        writer.add_scalar(name, value, step)
+    return means
 
 
 def main(args: Args) -> dict:
@@ -478,6 +492,9 @@ def main(args: Args) -> dict:
     progress = tqdm(total=args.num_iterations * args.batch_size, unit="step", disable=args.eval_only)
 
     for iteration in range(1, args.num_iterations + 1):
+        if args.eval_every and global_step % args.eval_every < args.batch_size:  # the eval curve, from step 0
+            obs_rms = running_stats(find_wrapper(envs.envs[0], gym.wrappers.NormalizeObservation).obs_rms)
+            log_evaluation(agent, args, obs_rms, writer, global_step, device)
         # Annealing the rate if instructed to do so.
         if args.anneal_lr:
             frac = 1.0 - (iteration - 1.0) / args.num_iterations
@@ -505,11 +522,10 @@ def main(args: Args) -> dict:
 
             # gymnasium 1.x SAME_STEP: one batched dict of the finished episodes, masked by "_episode"
             if "final_info" in infos and "_episode" in infos["final_info"]:
-                for i in np.nonzero(infos["final_info"]["_episode"])[0]:
-                    info = {"episode": {key: value[i] for key, value in infos["final_info"]["episode"].items()}}
-                    episodic_returns.append(float(info["episode"]["r"]))
-                    writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step)
-                    writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step)
+                for i in np.nonzero(infos["final_info"]["_episode"])[0]:  # logged at the step the episode ends
+                    episodic_returns.append(float(infos["final_info"]["episode"]["r"][i]))
+                    writer.add_scalar("charts/episodic_return", infos["final_info"]["episode"]["r"][i], global_step)
+                    writer.add_scalar("charts/episodic_length", infos["final_info"]["episode"]["l"][i], global_step)
 
         # bootstrap value if not done
         with torch.no_grad():
@@ -582,9 +598,8 @@ def main(args: Args) -> dict:
         for name, value in metrics.items():
             writer.add_scalar(name, value, global_step)
         progress.update(args.batch_size)
-        progress.set_postfix(
-            episodic_return=episodic_returns[-1] if episodic_returns else None, SPS=metrics["charts/SPS"]
-        )
+        last_return = episodic_returns[-1] if episodic_returns else None
+        progress.set_postfix(episodic_return=last_return, SPS=metrics["charts/SPS"])
     progress.close()
 
     summary = dict(metrics, global_step=global_step, episodes=len(episodic_returns))
@@ -600,12 +615,7 @@ def main(args: Args) -> dict:
         print(f"model saved to {model_path}")
         summary["model_path"] = model_path
 
-    for eval_expert in ("argmax", "sample"):
-        mean_return = float(np.mean(evaluate(agent, args, obs_rms, eval_expert, device)))
-        summary[f"eval/episodic_return_{eval_expert}"] = mean_return
-        writer.add_scalar(f"eval/episodic_return_{eval_expert}", mean_return, global_step)
-    summary["eval/episodic_return"] = summary[f"eval/episodic_return_{args.eval_expert}"]
-    writer.add_scalar("eval/episodic_return", summary["eval/episodic_return"], global_step)
+    summary.update(log_evaluation(agent, args, obs_rms, writer, global_step, device))
     print(", ".join(f"{key}={value:.2f}" for key, value in summary.items() if key.startswith("eval/")))
 
     envs.close()

@@ -6,11 +6,11 @@ explains each hunk. Official code: github.com/JieRen98/rlkit-pmoe (rlkit/torch/P
   python pmoe_sac.py --num-experts 1                  # plain SAC on the same code path
   python pmoe_sac.py --gradient-estimator gumbel      # or reinforce; --policy-type gating|mcp: the MoE baselines
   python pmoe_sac.py --save-model                     # then: --eval-only --model-path runs/<run>/pmoe_sac.cleanrl_model
-  python pmoe_sac.py --compile                        # long runs: compiled updates (+ --cudagraphs on a CUDA GPU)
+  python pmoe_sac.py --eval-every 5000 --label-samples 8   # an eval curve; k* ranked by 8 draws per expert
 The diff: K tanh-Gaussian experts and a routing head; the actor update samples every expert, lets min(Q1, Q2) pick the
 best one k*, trains k* alone with SAC's loss and regresses the routing weights onto one_hot(k*) (the "frequency
-approximate gradient"). Also: gymnasium 1.x, an inlined replay buffer, a progress bar, saving, a final evaluation,
-and LeanRL's opt-in `--compile`: the same update functions run compiled (same math; docs/pmoe_sac.md, Speed).
+approximate gradient"). Also: gymnasium 1.x, an inlined replay buffer, a progress bar, saving, periodic and final
+evaluation, and LeanRL's opt-in `--compile` (same update functions compiled; docs/pmoe_sac.md, Speed).
 """
 
 import math
@@ -43,13 +43,13 @@ class Args:
     seed: int = 1
     """seed of the experiment"""
     torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=False`"""
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, cuda will be enabled by default"""
     compile: bool = False
     """torch.compile the update functions and the acting policy: same math, a compile at the first update"""
     cudagraphs: bool = False
-    """with --compile on a CUDA GPU: also replay the compiled updates as CUDA graphs (inductor's reduce-overhead)"""
+    """with --compile on a CUDA GPU: compile with inductor's reduce-overhead (CUDA graphs); untested on a GPU here"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "cleanRL"
@@ -65,7 +65,9 @@ class Args:
     model_path: Optional[str] = None
     """the `.cleanrl_model` file that `--eval-only` evaluates"""
     eval_episodes: int = 10
-    """the number of deterministic evaluation episodes at the end, per expert choice (`eval/episodic_return*`)"""
+    """the number of mean-action evaluation episodes per expert choice (`eval/episodic_return*`), after training"""
+    eval_every: int = 0
+    """also evaluate every this many steps, from step 0, logged at that step (0: only after training)"""
 
     # Algorithm specific arguments
     env_id: str = "Hopper-v5"
@@ -110,6 +112,8 @@ class Args:
     """the Gumbel-Softmax temperature (gumbel only)"""
     eval_expert: Literal["sample", "argmax"] = "sample"
     """the expert whose mean acts in `eval/episodic_return`: sampled from w(s) (official code) or argmax w(s)"""
+    label_samples: int = 1
+    """M: rank the experts by the mean min(Q1, Q2) of M draws each; draw 1 is the trained candidate (1: official)"""
 
 
 def mujoco_warning(message):
@@ -152,6 +156,7 @@ def validate(args):
         )
     cuda_graphs_ok = args.compile and args.cuda and torch.cuda.is_available()
     check(cuda_graphs_ok or not args.cudagraphs, "--cudagraphs", "needs --compile and a CUDA GPU; on a CPU drop it")
+    check(args.label_samples >= 1, "--label-samples", f"got {args.label_samples}; use 1 (official) or more")
     check(args.num_experts >= 1, "--num-experts", f"got {args.num_experts}; use 1 (plain SAC) or more")
     check(args.batch_size <= args.buffer_size, "--batch-size", f"{args.batch_size} > --buffer-size; lower it")
     check(0 <= args.learning_starts < args.total_timesteps, "--learning-starts", "use 0 <= it < --total-timesteps")
@@ -260,20 +265,9 @@ class Actor(nn.Module):
         self.fc_logstd = nn.Linear(256, num_experts * np.prod(env.single_action_space.shape))
         self.fc_route = nn.Linear(256, num_experts)  # the routing head: mixing logits g(s), w(s) = softmax(g(s))
         # action rescaling
-        self.register_buffer(
-            "action_scale",
-            torch.tensor(
-                (env.single_action_space.high - env.single_action_space.low) / 2.0,
-                dtype=torch.float32,
-            ),
-        )
-        self.register_buffer(
-            "action_bias",
-            torch.tensor(
-                (env.single_action_space.high + env.single_action_space.low) / 2.0,
-                dtype=torch.float32,
-            ),
-        )
+        high, low = env.single_action_space.high, env.single_action_space.low
+        self.register_buffer("action_scale", torch.tensor((high - low) / 2.0, dtype=torch.float32))
+        self.register_buffer("action_bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
 
     def forward(self, x):
         """x [B, O] -> mixing logits [B, K], expert means [B, K, A], expert log-stds [B, K, A]."""
@@ -300,15 +294,9 @@ class Actor(nn.Module):
         mix_logits, means, log_stds = self(x)
         z = sample_expert(mix_logits)
         mean, log_std = pick(means, z), pick(log_stds, z)  # [B, A]
-        std = log_std.exp()
-        normal = torch.distributions.Normal(mean, std)
-        x_t = normal.rsample()  # for reparameterization trick (mean + std * N(0,1))
-        y_t = torch.tanh(x_t)
-        action = y_t * self.action_scale + self.action_bias
-        log_prob = normal.log_prob(x_t)
-        # Enforcing Action Bound
-        log_prob -= torch.log(self.action_scale * (1 - y_t.pow(2)) + 1e-6)
-        log_prob = log_prob.sum(1, keepdim=True)
+        x_t = torch.distributions.Normal(mean, log_std.exp()).rsample()  # for reparameterization trick
+        action = self.squash(x_t)
+        log_prob = tanh_gaussian_log_prob(x_t, mean, log_std, self.action_scale).unsqueeze(1)  # CleanRL's lines
         if mixture_logp:  # the gumbel and reinforce baselines use the mixture's density
             log_prob = mixture_log_prob(x_t, mix_logits, means, log_stds, self.action_scale).unsqueeze(1)
         mean = torch.tanh(mean) * self.action_scale + self.action_bias
@@ -323,14 +311,17 @@ def min_q(qf1, qf2, obs, actions):
     return torch.min(qf1(obs_k, actions), qf2(obs_k, actions)).view(B, K)
 
 
-def pmoe_estimator(actor, qf1, qf2, obs):
+def pmoe_estimator(actor, qf1, qf2, obs, label_samples=1):
     """PMOE's frequency approximate gradient (official PMOEsac.py::PMOESACTrainer.train_from_torch). Sample every
     expert, let min(Q1, Q2) pick the best k*, train k* alone with SAC's loss, regress w(s) onto one_hot(k*).
+    label_samples = M > 1 ranks by the sum (so the mean) over the candidate and M-1 more draws: a less noisy label.
     Returns the action to train [B, A], its log-prob [B, 1], the routing loss and k* [B]."""
     mix_logits, means, log_stds = actor(obs)  # [B, K], [B, K, A], [B, K, A]
     x_all = torch.distributions.Normal(means, log_stds.exp()).rsample()  # one sample per expert [B, K, A]
     with torch.no_grad():  # k* is a label: the scores need no graph; one expert (K=1, gating, mcp) needs no scores
         scores = min_q(qf1, qf2, obs, actor.squash(x_all)) if means.shape[1] > 1 else torch.zeros_like(mix_logits)
+        for _ in range(label_samples - 1 if means.shape[1] > 1 else 0):  # M = 1 draws nothing more: the official rule
+            scores += min_q(qf1, qf2, obs, actor.squash(torch.normal(means, log_stds.exp())))
     k = scores.argmax(-1)  # [B]
     x_t = pick(x_all, k)  # [B, A]: gradients reach expert k*'s head rows (and the trunk) only
     log_pi = tanh_gaussian_log_prob(x_t, pick(means, k), pick(log_stds, k), actor.action_scale)  # k*'s own density
@@ -376,15 +367,19 @@ def keep_outputs(compiled):
 
 @torch.no_grad()
 def evaluate(actor, env_id, eval_episodes, seed, eval_expert, device):
-    """Deterministic evaluation: the mean action of expert z, z ~ Cat(w) (official MakeDeterministic) or argmax w."""
+    """Mean-action evaluation: each step, the mean action of expert argmax w(s) or of z ~ Cat(w(s)) drawn anew (official
+    MakeDeterministic drops the Gaussian noise, not the expert draw). torch's generator is forked and seeded: the
+    draws repeat from a saved model, and evaluating during training leaves the training draws as they were."""
     env, returns = gym.make(env_id), []
-    for episode in range(eval_episodes):
-        (obs, _), done, returns = env.reset(seed=seed + episode), False, returns + [0.0]
-        while not done:
-            mix_logits, means, _ = actor(torch.tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
-            z = sample_expert(mix_logits) if eval_expert == "sample" else mix_logits.argmax(-1)
-            obs, reward, termination, truncation, _ = env.step(actor.squash(pick(means, z))[0].cpu().numpy())
-            returns[-1], done = returns[-1] + float(reward), termination or truncation
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for episode in range(eval_episodes):
+            (obs, _), done, returns = env.reset(seed=seed + episode), False, returns + [0.0]
+            while not done:
+                mix_logits, means, _ = actor(torch.tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
+                z = sample_expert(mix_logits) if eval_expert == "sample" else mix_logits.argmax(-1)
+                obs, reward, termination, truncation, _ = env.step(actor.squash(pick(means, z))[0].cpu().numpy())
+                returns[-1], done = returns[-1] + float(reward), termination or truncation
     env.close()
     return returns
 
@@ -496,7 +491,7 @@ def main(args: Args) -> dict:
 
     def update_actor(obs, alpha):
         if args.gradient_estimator == "pmoe":
-            pi, log_pi, route_loss, k_star = pmoe_estimator(actor, qf1, qf2, obs)
+            pi, log_pi, route_loss, k_star = pmoe_estimator(actor, qf1, qf2, obs, args.label_samples)
         elif args.gradient_estimator == "gumbel":
             pi, log_pi, route_loss, k_star = gumbel_estimator(actor, obs, args.gumbel_tau)
         else:
@@ -510,6 +505,14 @@ def main(args: Args) -> dict:
         (actor_loss + args.route_coef * route_loss).backward()
         actor_optimizer.step()
         return actor_loss, route_loss, log_pi, k_star
+
+    def log_evaluation(step):  # the argmax and the sampled expert, then the --eval-expert one under the plain tag
+        means = {}
+        for mode in ("argmax", "sample"):
+            means[mode] = float(np.mean(evaluate(actor, args.env_id, args.eval_episodes, args.seed, mode, device)))
+            writer.add_scalar(f"eval/episodic_return_{mode}", means[mode], step)
+        writer.add_scalar("eval/episodic_return", means[args.eval_expert], step)
+        return means
 
     policy = actor.get_action
     if args.compile:  # LeanRL: the same functions, compiled at their first call; shapes never change, so only once
@@ -527,6 +530,8 @@ def main(args: Args) -> dict:
     for global_step in progress:
         if global_step == args.learning_starts:
             learn_start_time = time.time()  # CleanRL's SPS includes the random warm-up, which is cheap
+        if args.eval_every and global_step % args.eval_every == 0 and args.eval_episodes > 0:  # the eval curve
+            postfix["eval"] = f"{log_evaluation(global_step)[args.eval_expert]:.1f}"  # after global_step env steps
         # ALGO LOGIC: put action logic here
         if global_step < args.learning_starts:
             actions = np.array([envs.single_action_space.sample() for _ in range(envs.num_envs)])
@@ -547,7 +552,7 @@ def main(args: Args) -> dict:
                 postfix["episodic_return"] = f"{episodic_returns[-1]:.1f}"
                 progress.set_postfix(postfix, refresh=False)
 
-        # TRY NOT TO MODIFY: save data to reply buffer; handle `final_observation`
+        # TRY NOT TO MODIFY: save data to reply buffer; a truncated episode's last obs is in infos["final_obs"]
         real_next_obs = next_obs.copy()
         for idx, trunc in enumerate(truncations):
             if trunc:
@@ -610,11 +615,7 @@ def main(args: Args) -> dict:
                 sps_learning = int((global_step - args.learning_starts) / (time.time() - learn_start_time))
                 postfix["SPS"] = int(global_step / (time.time() - start_time))
                 progress.set_postfix(postfix, refresh=False)
-                writer.add_scalar(
-                    "charts/SPS",
-                    int(global_step / (time.time() - start_time)),
-                    global_step,
-                )
+                writer.add_scalar("charts/SPS", postfix["SPS"], global_step)
                 writer.add_scalar("charts/SPS_after_learning_starts", sps_learning, global_step)
                 if args.autotune:
                     writer.add_scalar("losses/alpha_loss", alpha_loss.item(), global_step)
@@ -628,16 +629,14 @@ def main(args: Args) -> dict:
     model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model" if args.save_model else None
     if args.save_model:  # weights and args, to a temp file then renamed: a crash never leaves half a file
         checkpoint = dict(actor=actor.state_dict(), qf1=qf1.state_dict(), qf2=qf2.state_dict(), args=vars(args))
+        checkpoint["replay_states"] = rb.sample(1000).observations  # uniform replay states, for rl_diagnose.py
         torch.save(checkpoint, model_path + ".tmp")
         os.replace(model_path + ".tmp", model_path)
         print(f"model saved to {model_path}")
-    # evaluation after training: mean actions of the argmax expert and of a sampled one (official MakeDeterministic)
+    # evaluation after training, at step total_timesteps: the eval curve's last point
     eval_means = dict(argmax=None, sample=None)
     if args.eval_episodes > 0:
-        for mode in eval_means:
-            eval_means[mode] = float(np.mean(evaluate(actor, args.env_id, args.eval_episodes, args.seed, mode, device)))
-            writer.add_scalar(f"eval/episodic_return_{mode}", eval_means[mode], global_step)
-        writer.add_scalar("eval/episodic_return", eval_means[args.eval_expert], global_step)
+        eval_means = log_evaluation(args.total_timesteps)
         print(f"eval/episodic_return over {args.eval_episodes} episodes: {eval_means} (argmax / sampled expert)")
     writer.close()
     return dict(

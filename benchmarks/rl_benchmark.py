@@ -15,6 +15,7 @@ the checkpoints that an earlier stage wrote (e.g. evaluating every trained GRPO 
   python benchmarks/rl_benchmark.py --dry-run                      # issue 11's PMOE grid (the default), listed
   python benchmarks/rl_benchmark.py --out benchmarks/runs/sweep --workers 2
   python benchmarks/rl_benchmark.py --grid grpo-toy --out benchmarks/runs/grpo --workers 1
+  python benchmarks/rl_benchmark.py --grid pmoe-evidence --out /work/pmoe_runs --repo-dir /work/pmoe-sweep --workers 1
   python benchmarks/rl_benchmark.py --grid pmoe-paper --cluster slurm --partition cpu --time-min 2880 --dry-run
   python benchmarks/rl_benchmark.py --scripts pmoe_ppo.py --variants K1="--num-experts 1" K5="--num-experts 5" \
       --env-ids Hopper-v5 --seeds 1 2 3 --extra-flags="--total-timesteps 300000 --save-model"
@@ -115,8 +116,36 @@ def pmoe_grid(seeds, tasks, sac_steps, ppo_steps, all_methods_tasks):
     return runs
 
 
+# Issue 22: 5 seeds with an evaluation curve (the paper's AUC is over it). Each eval point costs 2 expert choices x
+# --eval-episodes episodes (~0.5 s per 1000-step episode in pmoe_sac.py, ~1 s in pmoe_ppo.py on one thread).
+SAC_EVAL = "--eval-every 5000 --eval-episodes 5"  # 11 points: ~1 min of a ~12 min 50k-step run
+PPO_EVAL = "--eval-every 30000 --eval-episodes 3"  # 11 points: ~1 min of a ~5 min 300k-step run
+
+
+def pmoe_evidence(seeds):
+    """The issue-22 arms, one stage each in its priority order (--workers 1 runs them in that order; a restart
+    resumes): 0 PPO K=1 vs K=5 and 1 SAC K=1 vs K=4 on both tasks; 2 the label-noise arm (K=4, 8 draws per expert)
+    on HalfCheetah; 3 SAC K=1 vs K=4 on Hopper at 200k steps; 4 the other SAC methods on HalfCheetah."""
+    sac, sac_long = (
+        f"--total-timesteps 50000 {SAC_EVAL}",
+        "--total-timesteps 200000 --eval-every 10000 --eval-episodes 5",
+    )
+    ppo = f"--total-timesteps 300000 --save-model {PPO_EVAL}"
+    runs = grid("pmoe_ppo.py", {"K1": f"--num-experts 1 {ppo}", "K5": f"--num-experts 5 {ppo}"}, PMOE_TASKS, seeds)
+    pair = {k: _join(SAC_METHODS[k], sac, "--save-model") for k in ("K1", "K4")}  # rl_diagnose.py reads the models
+    runs += grid("pmoe_sac.py", pair, PMOE_TASKS, seeds, stage=1)
+    label_noise = {"K4-M8": _join(SAC_METHODS["K4"], "--label-samples 8", sac, "--save-model")}
+    runs += grid("pmoe_sac.py", label_noise, ["HalfCheetah-v5"], seeds, stage=2)
+    long_pair = {f"{k}-200k": _join(SAC_METHODS[k], sac_long) for k in ("K1", "K4")}
+    runs += grid("pmoe_sac.py", long_pair, ["Hopper-v5"], seeds, stage=3)
+    others = {k: _join(v, sac) for k, v in SAC_METHODS.items() if k not in ("K1", "K4")}
+    runs += grid("pmoe_sac.py", others, ["HalfCheetah-v5"], seeds, stage=4)
+    return runs
+
+
 GRIDS = {
     "pmoe": lambda: pmoe_grid([1, 2, 3], PMOE_TASKS, 50000, 300000, ["HalfCheetah-v5"]),
+    "pmoe-evidence": lambda: pmoe_evidence([1, 2, 3, 4, 5]),
     "pmoe-paper": lambda: pmoe_grid([1, 2, 3, 4, 5], PAPER_TASKS, 1000000, 1000000, PAPER_TASKS),
     "pmoe-smoke": lambda: grid(
         "pmoe_ppo.py",

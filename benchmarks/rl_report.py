@@ -1,26 +1,34 @@
-"""Summarise CleanRL-style TensorBoard runs over seeds: AUC, final and eval returns, IQM with CIs, learning curves.
+"""Summarise CleanRL-style TensorBoard runs over seeds: step-axis AUCs, final and eval returns, per-arm t-intervals,
+exact permutation tests against each method's baseline, rliable's IQM and P(improvement), learning curves.
 
 A run is any directory under RUNS_DIR holding an `events.out.tfevents.*` file. Its task, method and seed come from
 the `run.json` that benchmarks/rl_benchmark.py writes two levels up (OUT/<key>/run.json, the run in
 OUT/<key>/runs/<run_name>), else from CleanRL's run name `{env_id}__{exp_name}__{seed}__{timestamp}`.
 
-Per run:
-  AUC          the paper's sample-efficiency metric: the mean of `charts/episodic_return` over every training
-               episode of the run (the whole learning curve, each episode one point);
+Per run (T = the run's last logged step):
+  eval AUC     the paper's metric: the area under the evaluation return vs environment steps (`--eval-every`
+               curves, `eval/episodic_return_sample` = rlkit-pmoe's MakeDeterministic protocol, and `_argmax`),
+               trapezoid on a fixed grid of 1001 evenly spaced steps from the first to the last evaluation,
+               divided by that span: a mean return per step. Needs 2 or more evaluations, else nan.
+  train AUC    the same area for the training curve, each episode placed at the step where it ends, 0 to T (held
+               flat at the first episode's return before it ends).
+  per-episode mean   the mean return of every training episode: NOT an area over steps (short episodes, e.g. a
+               random warm-up's, weigh as much as long ones); the AUC of earlier reports, kept for comparison.
   final        the mean of the last --last-n training episodes;
-  eval argmax, eval sample
-               the mean deterministic evaluation return with the argmax expert and with a sampled expert
-               (`eval/episodic_return_argmax`, `eval/episodic_return_sample`); a run that logs only
-               `eval/episodic_return` reports it as `eval (default)`.
-Per task and method: mean and 95% bootstrap CI over seeds. Per method, across tasks: the IQM with a 95% stratified
-bootstrap CI from rliable (runs resampled within each task). Scores are normalised per task before they are pooled:
-(x - min) / (max - min) over every run of that task in the report (all methods, all seeds), so 0 is the worst and
-1 the best run on the task; with a single task the IQM is in raw return units.
+  eval argmax, eval sample   the last evaluation (the one after training).
+Per task and method: the mean over seeds and a 95% t-interval (mean +- t_0.975,n-1 s / sqrt(n)): exact for normal
+scores and the usual choice at n = 5, where a percentile bootstrap is close to [min, max] (about 75% coverage at
+n = 3) and BCa's jackknife acceleration rests on 5 points. Each method is compared with its baseline (the script's
+K1 arm at the same step budget; a `-M8`-style variant also with its parent) by an exact two-sided permutation test
+on the difference of means (every split of the pooled runs enumerated). rliable's IQM and probability of
+improvement come per task only (no pooling across tasks or scales), with `np.random.seed(seed)` set before each
+call: rliable 1.x resamples with numpy's global generator and ignores `random_state`.
 
-  python benchmarks/rl_report.py benchmarks/runs/sweep --png docs/img/pmoe_curves.png --md benchmarks/results_pmoe.md
+  python benchmarks/rl_report.py /work/pmoe_runs --png docs/img/pmoe_curves.png --md benchmarks/results_pmoe.md
 """
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -29,16 +37,24 @@ import warnings
 from collections import defaultdict
 
 import numpy as np
+from scipy import stats
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 RETURN = "charts/episodic_return"
-EVAL_TAGS = {
-    "eval_argmax": "eval/episodic_return_argmax",
-    "eval_sample": "eval/episodic_return_sample",
-    "eval_default": "eval/episodic_return",
-}
+EVAL_CURVES = {"sample": "eval/episodic_return_sample", "argmax": "eval/episodic_return_argmax"}
 SPS_TAGS = ("charts/SPS_after_learning_starts", "charts/SPS")  # the first one present is reported
-METRICS = ("auc", "final", "eval_argmax", "eval_sample", "eval_default")
+METRICS = {  # key: column title
+    "auc_eval_sample": "eval AUC (sampled)",
+    "auc_eval_argmax": "eval AUC (argmax)",
+    "auc_train": "train AUC",
+    "episode_mean": "per-episode mean",
+    "final": "final",
+    "eval_argmax": "eval argmax",
+    "eval_sample": "eval sample",
+    "eval_default": "eval (default)",
+}
+COMPARED = ("auc_eval_sample", "auc_eval_argmax", "auc_train", "final", "eval_argmax", "eval_sample")
+GRID_POINTS = 1001
 BEGIN, END = "<!-- rl_report:begin -->", "<!-- rl_report:end -->"
 
 
@@ -83,36 +99,58 @@ def wall_of(directory):
 
 
 def load_scalars(directory):
-    """{tag: (steps [N], values [N])} of every scalar in the run (all event files of the directory)."""
+    """{tag: (steps [N], values [N])} of every scalar in the run (all event files of the directory), by step."""
     acc = EventAccumulator(directory, size_guidance={"scalars": 0})  # 0 = keep every point
     acc.Reload()
     scalars = {}
     for tag in acc.Tags()["scalars"]:
         events = acc.Scalars(tag)
-        scalars[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events], dtype=float))
+        steps, values = np.array([e.step for e in events]), np.array([e.value for e in events], dtype=float)
+        order = np.argsort(steps, kind="stable")  # write order within a step
+        scalars[tag] = (steps[order], values[order])
     return scalars
+
+
+def step_grid_auc(steps, values, lo, hi, points=GRID_POINTS):
+    """Area under the piecewise-linear curve through (steps, values) [N] over [lo, hi], by the trapezoid rule on
+    `points` evenly spaced steps, divided by hi - lo (the curve is held flat outside its first and last point)."""
+    grid = np.linspace(lo, hi, points)
+    curve = np.interp(grid, steps, values)
+    return float(np.trapezoid(curve, grid) / (hi - lo))
 
 
 def summarise(scalars, last_n):
     """One run's numbers (nan where a tag is missing)."""
     steps, returns = scalars.get(RETURN, (np.array([]), np.array([])))
+    horizon = max((int(s.max()) for s, _ in scalars.values() if len(s)), default=0)
+    nan = float("nan")
     row = {
-        "steps": int(steps.max()) if len(steps) else 0,
+        "steps": horizon,
         "episodes": len(returns),
-        "auc": float(returns.mean()) if len(returns) else float("nan"),
-        "final": float(returns[-last_n:].mean()) if len(returns) else float("nan"),
+        "auc_train": step_grid_auc(steps, returns, 0, horizon) if len(returns) and horizon > 0 else nan,
+        "episode_mean": float(returns.mean()) if len(returns) else nan,
+        "final": float(returns[-last_n:].mean()) if len(returns) else nan,
+        "evals": 0,
     }
-    for key, tag in EVAL_TAGS.items():
-        row[key] = float(scalars[tag][1].mean()) if tag in scalars else float("nan")
-    if not np.isnan(row["eval_argmax"]) or not np.isnan(row["eval_sample"]):
-        row["eval_default"] = float("nan")  # the plain tag is only a fallback for scripts without the two new tags
+    for mode, tag in EVAL_CURVES.items():
+        eval_steps, values = scalars.get(tag, (np.array([]), np.array([])))
+        curve = len(values) >= 2 and eval_steps[-1] > eval_steps[0]
+        row[f"auc_eval_{mode}"] = step_grid_auc(eval_steps, values, eval_steps[0], eval_steps[-1]) if curve else nan
+        row[f"eval_{mode}"] = float(values[-1]) if len(values) else nan  # the evaluation after training
+        row["evals"] = max(row["evals"], len(values))
+    plain = scalars.get("eval/episodic_return")  # a fallback for scripts without the two tags
+    row["eval_default"] = (
+        float(plain[1][-1]) if plain and np.isnan([row["eval_argmax"], row["eval_sample"]]).all() else nan
+    )
     sps_tag = next((tag for tag in SPS_TAGS if tag in scalars), None)
-    row["sps"] = float(scalars[sps_tag][1][-1]) if sps_tag else float("nan")
+    row["sps"] = float(scalars[sps_tag][1][-1]) if sps_tag else nan
     return row
 
 
 def bootstrap_ci(values, reps=10000, seed=0):
-    """95% percentile bootstrap CI of the mean of `values` [n]: resample n values with replacement `reps` times."""
+    """95% percentile bootstrap CI of the mean of `values` [n]: resample n values with replacement `reps` times.
+    Used by grpo_report.py; the per-arm intervals here are t-intervals (a percentile bootstrap over 3 seeds is
+    [min, max] of the seeds)."""
     values = np.asarray(values, dtype=float)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(values), size=(reps, len(values)))  # [reps, n]
@@ -120,85 +158,106 @@ def bootstrap_ci(values, reps=10000, seed=0):
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def normalise(table):
-    """{task: {method: scores [seeds]}} -> the same, min-max normalised per task over every run of that task."""
-    out = {}
-    for task, by_method in table.items():
-        pooled = np.concatenate([np.asarray(v, dtype=float) for v in by_method.values()])
-        lo, hi = pooled.min(), pooled.max()
-        span = hi - lo if hi > lo else 1.0
-        out[task] = {m: (np.asarray(v, dtype=float) - lo) / span for m, v in by_method.items()}
+def t_interval(values, level=0.95):
+    """mean +- t_{(1+level)/2, n-1} * s / sqrt(n) of `values` [n >= 2] (s: the sample standard deviation)."""
+    values = np.asarray(values, dtype=float)
+    half = stats.t.ppf((1 + level) / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def permutation_p(x, y):
+    """Exact two-sided permutation p-value of mean(x) - mean(y): the share of all C(n+m, n) splits of the pooled runs
+    into groups of len(x) and len(y) whose |difference of means| is at least the observed one (ties count)."""
+    pooled = np.concatenate([np.asarray(x, dtype=float), np.asarray(y, dtype=float)])
+    observed = abs(np.mean(x) - np.mean(y))
+    extreme = total = 0
+    for chosen in itertools.combinations(range(len(pooled)), len(x)):
+        in_x = np.zeros(len(pooled), dtype=bool)
+        in_x[list(chosen)] = True
+        difference = abs(pooled[in_x].mean() - pooled[~in_x].mean())
+        extreme += difference >= observed - 1e-9 * max(1.0, observed)  # float sums in another order: same value
+        total += 1
+    return extreme / total
+
+
+def baselines_of(method):
+    """`script:NAME` -> the arms it is tested against: the script's K1 at the same step budget (a `-200k`-style
+    suffix), and for a variant `PARENT-VARIANT` (e.g. K4-M8) also PARENT. [] for K1 itself or an unlabelled run."""
+    if ":" not in method:
+        return []
+    script, name = method.split(":", 1)
+    budget = re.search(r"-\d+k$", name)
+    suffix = budget.group(0) if budget else ""
+    core = name[: len(name) - len(suffix)]
+    found = [f"{script}:K1{suffix}"]
+    if "-" in core:
+        found.append(f"{script}:{core.rsplit('-', 1)[0]}{suffix}")
+    return [b for b in dict.fromkeys(found) if b != method]
+
+
+def comparisons(table):
+    """[(task, method, baseline, n, m, difference of means, exact permutation p)] for every method with a baseline
+    on the same task, both with 2 or more runs."""
+    out = []
+    for task, by_method in sorted(table.items()):
+        for method in sorted(by_method):
+            for baseline in baselines_of(method):
+                x, y = by_method[method], by_method.get(baseline, [])
+                if len(x) >= 2 and len(y) >= 2:
+                    difference = float(np.mean(x) - np.mean(y))
+                    out.append((task, method, baseline, len(x), len(y), difference, permutation_p(x, y)))
     return out
 
 
 def iqm_with_ci(table, reps=2000, seed=0):
-    """{method: (iqm, lo, hi, n_tasks, n_runs)} through rliable: a [runs, tasks] matrix per method.
-
-    Stratified bootstrap needs the same runs per task: each method keeps its first min-over-tasks seeds per task."""
+    """{(task, method): (iqm, lo, hi, n_runs)} through rliable, per task (a [runs, 1] matrix), in raw return units.
+    95% percentile stratified-bootstrap CI; numpy's global generator is seeded before the call (rliable uses it)."""
     from rliable import library as rly
     from rliable import metrics
 
-    by_method = defaultdict(dict)
-    for task, methods in (normalise(table) if len(table) > 1 else table).items():
-        for method, scores in methods.items():
-            by_method[method][task] = np.asarray(scores, dtype=float)
-    matrices = {}
-    for method, tasks in by_method.items():
-        n = min(len(s) for s in tasks.values())
-        matrices[method] = np.stack([tasks[t][:n] for t in sorted(tasks)], axis=1)  # [runs, tasks]
+    matrices = {(t, m): np.asarray(v, dtype=float)[:, None] for t, ms in table.items() for m, v in ms.items()}
+    if not matrices:
+        return {}
 
     def iqm(scores):
         return np.array([metrics.aggregate_iqm(scores)])
 
     with warnings.catch_warnings():  # arch 7 warns that rliable's `random_state` argument will be renamed
         warnings.simplefilter("ignore", FutureWarning)
-        point, interval = rly.get_interval_estimates(
-            matrices, iqm, reps=reps, random_state=np.random.RandomState(seed)
-        )  # rliable's default CI: percentile, 95%
-    results = {}
-    for method, m in matrices.items():
-        results[method] = (float(point[method][0]), float(interval[method][0, 0]), float(interval[method][1, 0]))
-        results[method] += (m.shape[1], m.shape[0])
-    return results
+        np.random.seed(seed)
+        point, interval = rly.get_interval_estimates({f"{t}|{m}": v for (t, m), v in matrices.items()}, iqm, reps=reps)
+    return {
+        (t, m): (float(point[f"{t}|{m}"][0]), *map(float, interval[f"{t}|{m}"][:, 0]), len(v))
+        for (t, m), v in matrices.items()
+    }
 
 
 def improvement_with_ci(table, reps=2000, seed=0):
-    """{(method, baseline): (p, lo, hi, n_tasks)}: rliable's probability of improvement P(method > baseline).
-
-    The baseline of `script:arm` is `script:K1` (plain SAC / PPO). P is the Mann-Whitney statistic per task (the
-    share of (method run, baseline run) pairs the method wins, ties half) averaged over the tasks both were run
-    on; 0.5 = no difference. The CI resamples each method's runs within each task (stratified bootstrap)."""
+    """{(task, method, baseline): (p, lo, hi)}: rliable's probability of improvement P(method > baseline) on one
+    task: the share of (method run, baseline run) pairs the method wins, ties half; 0.5 = no difference. The CI
+    resamples each arm's runs (95% percentile bootstrap); numpy's global generator is seeded before the call."""
     from rliable import library as rly
     from rliable import metrics
 
     pairs = {}
-    methods = sorted({m for by_method in table.values() for m in by_method})
-    for method in methods:
-        baseline = method.split(":")[0] + ":K1"
-        tasks = sorted(t for t, by_method in table.items() if method in by_method and baseline in by_method)
-        if method == baseline or not tasks:
-            continue
-        x, y = ([table[t][m] for t in tasks] for m in (method, baseline))
-        n_x, n_y = min(len(v) for v in x), min(len(v) for v in y)
-        pairs[(method, baseline)] = [np.stack([v[:n] for v in s], axis=1) for s, n in ((x, n_x), (y, n_y))]
+    for task, by_method in table.items():
+        for method in sorted(by_method):
+            for baseline in baselines_of(method):
+                if baseline in by_method:
+                    x, y = (np.asarray(by_method[m], dtype=float)[:, None] for m in (method, baseline))
+                    pairs[(task, method, baseline)] = [x, y]
     if not pairs:
         return {}
 
     def improvement(x, y):
         return np.array([metrics.probability_of_improvement(x, y)])
 
+    keys = {"|".join(k): v for k, v in pairs.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        point, interval = rly.get_interval_estimates(
-            {f"{m} > {b}": v for (m, b), v in pairs.items()},
-            improvement,
-            reps=reps,
-            random_state=np.random.RandomState(seed),
-        )
-    return {
-        (m, b): (float(point[f"{m} > {b}"][0]), *map(float, interval[f"{m} > {b}"][:, 0]), v[0].shape[1])
-        for (m, b), v in pairs.items()
-    }
+        np.random.seed(seed)
+        point, interval = rly.get_interval_estimates(keys, improvement, reps=reps)
+    return {k: (float(point["|".join(k)][0]), *map(float, interval["|".join(k)][:, 0])) for k in pairs}
 
 
 def collect(rows, labels, metric):
@@ -212,57 +271,70 @@ def collect(rows, labels, metric):
 
 
 def fmt_ci(values):
-    """`mean [lo, hi]` (95% bootstrap CI over seeds), or the value alone for one seed, or `-`."""
+    """`mean [lo, hi]` (95% t-interval over seeds), or the value alone for one seed, or `-`."""
     if len(values) == 0:
         return "-"
     if len(values) == 1:
         return f"{values[0]:.0f}"
-    lo, hi = bootstrap_ci(values)
+    lo, hi = t_interval(values)
     return f"{np.mean(values):.0f} [{lo:.0f}, {hi:.0f}]"
 
 
+def verdict(difference, p, alpha=0.05):
+    if p >= alpha:
+        return "cannot be told apart"
+    return "higher" if difference > 0 else "lower"
+
+
 def markdown(rows, labels, last_n):
-    """The per-task table, the IQM table per metric and the per-run table."""
+    """The per-task table, the permutation tests, rliable's per-task IQM and P(improvement), the per-run table."""
     tables = {m: collect(rows, labels, m) for m in METRICS}
     groups = defaultdict(list)
     for name in rows:
         groups[(labels[name]["task"], labels[name]["method"])].append(name)
-    head = "| task | method | seeds | steps | AUC | final (last {n} ep.) | eval argmax | eval sample | eval (default) |"
+    titles = [METRICS[m] + (f" (last {last_n} ep.)" if m == "final" else "") for m in METRICS]
     out = [
-        "Mean over seeds with a 95% bootstrap CI over seeds in brackets.",
+        "Mean over seeds with a 95% t-interval over seeds in brackets (rl_report.py's docstring: the metrics).",
         "",
-        head.format(n=last_n),
-        "|---|---|---|---|---|---|---|---|---|",
+        "| task | method | seeds | steps | evals | " + " | ".join(titles) + " |",
+        "|---" * (5 + len(METRICS)) + "|",
     ]
     for task, method in sorted(groups):
         names = groups[(task, method)]
         cells = [fmt_ci(tables[m].get(task, {}).get(method, [])) for m in METRICS]
-        steps = max(rows[n]["steps"] for n in names)
-        out.append(f"| {task} | {method} | {len(names)} | {steps} | " + " | ".join(cells) + " |")
-    iqm_metrics = (("auc", "AUC"), ("final", "final return"), ("eval_argmax", "eval argmax"), ("eval_default", "eval"))
-    for metric, title in iqm_metrics:
-        if not tables[metric]:
+        steps, evals = max(rows[n]["steps"] for n in names), max(rows[n]["evals"] for n in names)
+        out.append(f"| {task} | {method} | {len(names)} | {steps} | {evals} | " + " | ".join(cells) + " |")
+    tests = [(m, c) for m in COMPARED for c in comparisons(tables[m])]
+    if tests:
+        out += ["", "Each method against its baseline on the same task: difference of the means over seeds and the"]
+        out += ["exact two-sided permutation p-value (smallest possible: 2 / C(n+m, n), 0.10 at 3 vs 3, 0.0079 at 5 vs"]
+        out += ["5); a difference is called only at p < 0.05.", ""]
+        out += [
+            "| task | metric | method | baseline | runs | difference | p | verdict |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for metric, (task, method, baseline, n, m, difference, p) in tests:
+            cells = f"{n} vs {m} | {difference:+.0f} | {p:.3f} | {verdict(difference, p)}"
+            out.append(f"| {task} | {METRICS[metric]} | {method} | {baseline} | {cells} |")
+    for metric in ("auc_eval_sample", "auc_train"):
+        iqms, improvements = iqm_with_ci(tables[metric]), improvement_with_ci(tables[metric])
+        if not iqms:
             continue
-        results = iqm_with_ci(tables[metric])
-        unit = "normalised per task, min-max over all runs" if len(tables[metric]) > 1 else "raw return"
-        out += ["", f"IQM of the {title} across tasks ({unit}), 95% stratified-bootstrap CI (rliable):", ""]
-        out += ["| method | tasks | runs per task | IQM | 95% CI |", "|---|---|---|---|---|"]
-        for method, (iqm, lo, hi, n_tasks, n_runs) in sorted(results.items()):
-            out.append(f"| {method} | {n_tasks} | {n_runs} | {iqm:.3g} | [{lo:.3g}, {hi:.3g}] |")
-    for metric, title in (("auc", "AUC"), ("final", "final return"), ("eval_argmax", "eval argmax")):
-        results = improvement_with_ci(tables[metric])
-        if not results:
-            continue
-        out += ["", f"Probability that a method's {title} beats its script's K=1 run on the same task (rliable;"]
-        out += ["0.5 = no difference), 95% stratified-bootstrap CI:", ""]
-        out += ["| method | baseline | tasks | P(method > baseline) | 95% CI |", "|---|---|---|---|---|"]
-        for (method, baseline), (p, lo, hi, n_tasks) in sorted(results.items()):
-            out.append(f"| {method} | {baseline} | {n_tasks} | {p:.2f} | [{lo:.2f}, {hi:.2f}] |")
+        out += ["", f"rliable on the {METRICS[metric]}, per task (raw return), 95% percentile-bootstrap CIs:", ""]
+        out += ["| task | method | runs | IQM | 95% CI | P(method > baseline) [95% CI] |", "|---|---|---|---|---|---|"]
+        for (task, method), (iqm, lo, hi, n) in sorted(iqms.items()):
+            better = [
+                f"vs {b}: {p:.2f} [{a:.2f}, {c:.2f}]"
+                for (t, mm, b), (p, a, c) in improvements.items()
+                if (t, mm) == (task, method)
+            ]
+            out.append(f"| {task} | {method} | {n} | {iqm:.0f} | [{lo:.0f}, {hi:.0f}] | {'; '.join(better) or '-'} |")
     out += ["", "<details><summary>Per run</summary>", ""]
-    out += ["| run | steps | episodes | AUC | final | eval argmax | eval sample | eval default | SPS | wall (s) |"]
-    out += ["|---|---|---|---|---|---|---|---|---|---|"]
+    keys = ("auc_eval_sample", "auc_eval_argmax", "auc_train", "episode_mean", "final", "eval_argmax", "eval_sample")
+    out += ["| run | steps | episodes | " + " | ".join(METRICS[k] for k in keys) + " | SPS | wall (s) |"]
+    out += ["|---" * (len(keys) + 5) + "|"]
     for name, x in sorted(rows.items()):
-        cells = " | ".join(f"{x[m]:.1f}" for m in METRICS)
+        cells = " | ".join(f"{x[k]:.1f}" for k in keys)
         out.append(f"| {name} | {x['steps']} | {x['episodes']} | {cells} | {x['sps']:.0f} | {x['wall']:.0f} |")
     out += ["", "</details>"]
     return "\n".join(out)
@@ -279,9 +351,9 @@ def mean_curve_with_ci(curves, grid, reps=2000, seed=0):
     return ys.mean(0), np.percentile(means, [2.5, 97.5], axis=0)
 
 
-def plot(scalars, labels, last_n, path):
+def plot(scalars, labels, last_n, path, tag=RETURN):
     """A panel per (script, task), scripts in rows, tasks in columns (the scripts' step budgets differ): per method,
-    the mean over seeds of the smoothed training return with a 95% bootstrap band."""
+    the mean over seeds of the `tag` curve (training returns: a trailing mean of last_n) with a 95% bootstrap band."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless
@@ -289,14 +361,17 @@ def plot(scalars, labels, last_n, path):
 
     by_panel = defaultdict(lambda: defaultdict(list))
     for name, s in scalars.items():
-        steps, returns = s.get(RETURN, (np.array([]), np.array([])))
+        steps, returns = s.get(tag, (np.array([]), np.array([])))
         method, task = labels[name]["method"], labels[name]["task"]
-        if len(returns):
-            by_panel[(method.split(":")[0], task)][method].append((steps, trailing_mean(returns, last_n)))
+        if len(returns) > 1:
+            curve = trailing_mean(returns, last_n) if tag == RETURN else returns
+            by_panel[(method.split(":")[0], task)][method].append((steps, curve))
+    if not by_panel:
+        return None
     scripts, tasks = sorted({p[0] for p in by_panel}), sorted({p[1] for p in by_panel})
     fig, axes = plt.subplots(len(scripts), len(tasks), figsize=(5 * len(tasks), 3.6 * len(scripts)), squeeze=False)
     for row, script in enumerate(scripts):
-        axes[row][0].set_ylabel(f"episodic return (trailing mean of {last_n})")
+        axes[row][0].set_ylabel(f"episodic return (trailing mean of {last_n})" if tag == RETURN else tag)
         for ax, task in zip(axes[row], tasks):
             if (script, task) not in by_panel:
                 ax.set_visible(False)
@@ -315,6 +390,7 @@ def plot(scalars, labels, last_n, path):
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
+    return path
 
 
 def trailing_mean(returns, n):
@@ -328,6 +404,7 @@ def trailing_mean(returns, n):
 def write_section(path, text, begin=BEGIN, end=END):
     """Replace what lies between the begin and end markers of `path` (append them if absent; create the file)."""
     body = f"{begin}\n{text}\n{end}"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if os.path.isfile(path):
         with open(path) as f:
             old = f.read()
@@ -367,6 +444,11 @@ def main(argv=None):
     png = args.png or os.path.join(args.runs_dir, "learning_curves.png")
     plot(scalars, labels, args.last_n, png)
     print(f"\nlearning curves: {png}")
+    eval_png = plot(
+        scalars, labels, args.last_n, re.sub(r"(\.png)?$", "_eval.png", png, count=1), EVAL_CURVES["sample"]
+    )
+    if eval_png:
+        print(f"evaluation curves (sampled expert): {eval_png}")
     return rows
 
 

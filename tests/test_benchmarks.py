@@ -70,6 +70,27 @@ def test_dry_run_lists_the_default_and_the_grpo_grids(tmp_path, capsys):
             assert main_table[r.key] == r.argv
 
 
+def test_pmoe_evidence_grid_runs_the_issue_22_arms_in_priority_order(tmp_path, capsys):
+    runs = rl_benchmark.main(["--dry-run", "--grid", "pmoe-evidence", "--out", str(tmp_path)])
+    assert "75 runs, 0 done" in capsys.readouterr().out
+    by_stage = {}
+    for r in runs:
+        by_stage.setdefault(r.stage, set()).add((r.labels["method"], r.labels["task"]))
+    both = {"HalfCheetah-v5", "Hopper-v5"}
+    assert by_stage[0] == {(m, t) for m in ("pmoe_ppo:K1", "pmoe_ppo:K5") for t in both}  # the fastest runs first
+    assert by_stage[1] == {(m, t) for m in ("pmoe_sac:K1", "pmoe_sac:K4") for t in both}
+    assert by_stage[2] == {("pmoe_sac:K4-M8", "HalfCheetah-v5")}
+    assert by_stage[3] == {("pmoe_sac:K1-200k", "Hopper-v5"), ("pmoe_sac:K4-200k", "Hopper-v5")}
+    assert {m for m, _ in by_stage[4]} == {f"pmoe_sac:{m}" for m in ("gumbel", "reinforce", "gating", "mcp")}
+    assert len(runs) == 5 * (4 + 4 + 1 + 2 + 4) and len({r.key for r in runs}) == len(runs)
+    for r in runs:  # every run has an evaluation curve; only the label-noise arm changes the label
+        command = " ".join(r.argv)
+        assert "--eval-every" in command and ("--label-samples 8" in command) == (
+            r.labels["method"] == "pmoe_sac:K4-M8"
+        )
+        assert ("--save-model" in command) == (r.stage in (0, 1, 2))  # rl_diagnose --labels reads SAC's models
+
+
 def write_script(folder, body):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "fake.py"), "w") as f:
@@ -185,67 +206,84 @@ def write_synthetic_runs(root):
             writer.add_scalar("eval/episodic_return_argmax", 2.0 * seed, 0)
             writer.add_scalar("eval/episodic_return_argmax", 4.0 * seed, 1)
             writer.add_scalar("eval/episodic_return_sample", -1.0, 0)
+            writer.add_scalar("eval/episodic_return_sample", -3.0, 1)
         else:
             writer.add_scalar("eval/episodic_return", 7.0, 0)
         writer.close()
 
 
-def test_rl_report_auc_final_eval_and_iqm_equal_hand_computations(tmp_path):
-
+def test_rl_report_step_auc_final_eval_tests_and_tables(tmp_path):
     write_synthetic_runs(str(tmp_path / "sweep"))
     md = tmp_path / "results.md"
     md.write_text("# Results\n\nprose\n\n<!-- rl_report:begin -->\nold\n<!-- rl_report:end -->\n\nmore prose\n")
     png = tmp_path / "img" / "curves.png"
     rows = rl_report.main([str(tmp_path / "sweep"), "--last-n", "2", "--png", str(png), "--md", str(md)])
     assert len(rows) == 8 and png.stat().st_size > 1000
-    by_key = {}
-    for name, row in rows.items():
-        labels = rl_report.labels_of(str(tmp_path / "sweep" / name))
-        by_key[(labels["task"], labels["method"], labels["seed"])] = row
+    assert (tmp_path / "img" / "curves_eval.png").stat().st_size > 1000  # the K4 runs' eval curves
+    labels = rl_report_labels(rows, tmp_path)
+    by_key = {(labels[n]["task"], labels[n]["method"], labels[n]["seed"]): row for n, row in rows.items()}
     hopper_k4_1 = by_key[("Hopper-v5", "sac:K4", 1)]
-    assert hopper_k4_1["auc"] == pytest.approx((5 + 5 + 5 + 25 + 35) / 5)  # every episode of the curve
+    # episodes end at steps 100..500: the curve is 5 until step 300, then 5 -> 25 -> 35; area / 500 by hand
+    assert hopper_k4_1["auc_train"] == pytest.approx((5 * 300 + (5 + 25) / 2 * 100 + (25 + 35) / 2 * 100) / 500)
+    assert hopper_k4_1["episode_mean"] == pytest.approx((5 + 5 + 5 + 25 + 35) / 5)  # every episode, not an area
     assert hopper_k4_1["final"] == pytest.approx((25 + 35) / 2)  # the last 2
-    assert hopper_k4_1["eval_argmax"] == pytest.approx(3.0) and hopper_k4_1["eval_sample"] == -1.0
-    assert np.isnan(hopper_k4_1["eval_default"])
-    assert hopper_k4_1["wall"] == 105.0  # from the run's DONE.json
-    assert by_key[("Ant-v5", "sac:K1", 2)]["eval_default"] == 7.0 and np.isnan(
-        by_key[("Ant-v5", "sac:K1", 2)]["eval_argmax"]
-    )
+    assert hopper_k4_1["eval_argmax"] == 4.0 and hopper_k4_1["auc_eval_argmax"] == pytest.approx(3.0)  # 2 -> 4
+    assert hopper_k4_1["eval_sample"] == -3.0 and hopper_k4_1["auc_eval_sample"] == pytest.approx(-2.0)
+    assert np.isnan(by_key[("Hopper-v5", "sac:K1", 1)]["auc_eval_argmax"])  # no eval curve: no area
+    assert np.isnan(hopper_k4_1["eval_default"]) and hopper_k4_1["wall"] == 105.0  # from the run's DONE.json
+    assert by_key[("Ant-v5", "sac:K1", 2)]["eval_default"] == 7.0
+    assert np.isnan(by_key[("Ant-v5", "sac:K1", 2)]["eval_argmax"])
 
-    # IQM of the AUC across the two tasks, by hand: min-max normalise per task over all 4 runs, pool a method's
-    # 2 seeds x 2 tasks, drop the lowest and highest quarter (1 of 4 each) and average the middle two
-    auc = {k: float(np.mean(v)) for k, v in RETURNS.items() if k[2] < 3}
-    expected = {}
-    for method in ("sac:K1", "sac:K4"):
-        pooled = []
-        for task in ("Hopper-v5", "Ant-v5"):
-            task_values = [v for (t, _, _), v in auc.items() if t == task]
-            lo, hi = min(task_values), max(task_values)
-            pooled += [(auc[(task, method, s)] - lo) / (hi - lo) for s in (1, 2)]
-        expected[method] = float(np.mean(sorted(pooled)[1:3]))
-    results = rl_report.iqm_with_ci(rl_report.collect(rows, rl_report_labels(rows, tmp_path), "auc"))
-    for method, value in expected.items():
-        iqm, lo, hi, n_tasks, n_runs = results[method]
-        assert iqm == pytest.approx(value) and (n_tasks, n_runs) == (2, 2)
-        assert lo <= iqm <= hi
-    # P(K4 > K1) by hand: per task the share of (K4 seed, K1 seed) pairs K4 wins (ties half), averaged over tasks
-    wins = []
-    for task in ("Hopper-v5", "Ant-v5"):
-        pairs = [(auc[(task, "sac:K4", i)], auc[(task, "sac:K1", j)]) for i in (1, 2) for j in (1, 2)]
-        wins.append(np.mean([1.0 if x > y else 0.5 if x == y else 0.0 for x, y in pairs]))
-    improvement = rl_report.improvement_with_ci(rl_report.collect(rows, rl_report_labels(rows, tmp_path), "auc"))
-    p, lo, hi, n_tasks = improvement[("sac:K4", "sac:K1")]
-    assert p == pytest.approx(np.mean(wins)) == pytest.approx(0.75) and n_tasks == 2 and lo <= p <= hi
-    assert list(improvement) == [("sac:K4", "sac:K1")]  # K1 is the baseline, never compared with itself
     text = md.read_text()
-    assert f"| sac:K4 | sac:K1 | 2 | {np.mean(wins):.2f} |" in text
+    table = rl_report.collect(rows, labels, "auc_train")
+    for task in ("Hopper-v5", "Ant-v5"):
+        x, y = table[task]["sac:K4"], table[task]["sac:K1"]
+        difference, p = np.mean(x) - np.mean(y), rl_report.permutation_p(x, y)
+        line = f"| {task} | train AUC | sac:K4 | sac:K1 | 2 vs 2 | {difference:+.0f} | {p:.3f} | cannot be told apart |"
+        assert line in text
+    iqms = rl_report.iqm_with_ci(table)
+    for (task, method), (iqm, lo, hi, n) in iqms.items():  # 2 runs: rliable's IQM trims nothing, the mean
+        assert iqm == pytest.approx(np.mean(table[task][method])) and n == 2 and lo <= iqm <= hi
+    improvement = rl_report.improvement_with_ci(table)
+    assert set(improvement) == {("Hopper-v5", "sac:K4", "sac:K1"), ("Ant-v5", "sac:K4", "sac:K1")}
+    for (task, method, baseline), (p, lo, hi) in improvement.items():  # the share of (K4, K1) pairs K4 wins
+        pairs = [(a, b) for a in table[task][method] for b in table[task][baseline]]
+        assert p == pytest.approx(np.mean([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs]))
+        assert lo <= p <= hi
     assert text.startswith("# Results\n\nprose\n\n<!-- rl_report:begin -->") and text.endswith("more prose\n")
-    assert "old" not in text and f"| sac:K4 | 2 | 2 | {expected['sac:K4']:.3g} |" in text
+    assert "\nold\n" not in text
 
 
 def rl_report_labels(rows, tmp_path):
-
     return {name: rl_report.labels_of(str(tmp_path / "sweep" / name)) for name in rows}
+
+
+def test_step_grid_auc_weighs_by_steps_not_episodes():
+    """Unequal episode lengths: a 100-step episode (return 100) then two long ones (10 each). By hand, the training
+    curve is 100 to step 100, falls to 10 at step 200 and stays: (100*100 + 55*100 + 10*800) / 1000 = 23.5, where the
+    per-episode mean says 40. The eval curve 0 -> 100 -> 50 at steps 0, 500, 1000: (25000 + 37500) / 1000 = 62.5.
+    Planted: auc_train = the per-episode mean (the old "AUC"): red."""
+    scalars = {
+        rl_report.RETURN: (np.array([100, 200, 1000]), np.array([100.0, 10.0, 10.0])),
+        "eval/episodic_return_sample": (np.array([0, 500, 1000]), np.array([0.0, 100.0, 50.0])),
+        "eval/episodic_return_argmax": (np.array([0, 500, 1000]), np.array([0.0, 100.0, 50.0])),
+    }
+    row = rl_report.summarise(scalars, last_n=2)
+    assert row["steps"] == 1000 and row["evals"] == 3
+    assert row["auc_train"] == pytest.approx(23.5) and row["episode_mean"] == pytest.approx(40.0)
+    assert row["auc_eval_sample"] == pytest.approx(62.5) and row["eval_sample"] == 50.0  # the last evaluation
+    assert rl_report.step_grid_auc(np.array([0, 10]), np.array([0.0, 10.0]), 0, 10) == pytest.approx(5.0)
+
+
+def test_permutation_p_equals_a_hand_enumeration():
+    # 3 vs 3: C(6, 3) = 20 splits. [1,2,3] vs [4,5,6]: only the split itself and its mirror are as extreme
+    assert rl_report.permutation_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(2 / 20)
+    # [1,2,4] vs [3,5,6]: |2 s - 21| / 3 >= 7 / 3 for a group sum s <= 7 ({1,2,3}, {1,2,4}) or s >= 14 (their
+    # complements): 4 of 20
+    assert rl_report.permutation_p([1.0, 2.0, 4.0], [3.0, 5.0, 6.0]) == pytest.approx(4 / 20)
+    assert rl_report.permutation_p([1.0, 2.0, 3.0, 4.0, 5.0], [6.0, 7.0, 8.0, 9.0, 10.0]) == pytest.approx(2 / 252)
+    assert rl_report.permutation_p([1.0, 2.0], [1.0, 2.0]) == 1.0
+    assert rl_report.permutation_p([0.1, 0.2, 0.3], [0.4, 0.5, 0.6]) == pytest.approx(2 / 20)  # float sums tie
 
 
 def test_bootstrap_ci_equals_a_loop_over_the_same_draws():
@@ -256,6 +294,27 @@ def test_bootstrap_ci_equals_a_loop_over_the_same_draws():
     assert rl_report.bootstrap_ci([3.0, 3.0, 3.0]) == (3.0, 3.0)
 
 
+def test_t_interval_and_baselines():
+    values = [71.0, 83.3, 80.6, 60.4, 75.0]
+    half = 2.7764451051977987 * np.std(values, ddof=1) / np.sqrt(5)  # t_0.975 with 4 degrees of freedom
+    assert rl_report.t_interval(values) == pytest.approx((np.mean(values) - half, np.mean(values) + half))
+    assert rl_report.t_interval([3.0, 3.0, 3.0]) == (3.0, 3.0)
+    assert rl_report.baselines_of("pmoe_sac:K4-M8") == ["pmoe_sac:K1", "pmoe_sac:K4"]
+    assert rl_report.baselines_of("pmoe_sac:K4-200k") == ["pmoe_sac:K1-200k"]
+    assert rl_report.baselines_of("pmoe_sac:K1-200k") == [] == rl_report.baselines_of("pmoe_ppo:K1")
+    assert rl_report.baselines_of("pmoe_ppo:K5") == ["pmoe_ppo:K1"]
+
+
+def test_rliable_intervals_are_identical_on_two_calls():
+    """rliable 1.x draws from numpy's global generator: the report seeds it before each call. Planted: the seed
+    removed (numpy's generator moved on between the calls): red."""
+    rng = np.random.default_rng(0)
+    table = {"Hopper-v5": {"sac:K1": list(rng.normal(0, 1, 5)), "sac:K4": list(rng.normal(0.5, 1, 5))}}
+    first, second = rl_report.iqm_with_ci(table, reps=500), rl_report.iqm_with_ci(table, reps=500)
+    assert first == second
+    assert rl_report.improvement_with_ci(table, reps=500) == rl_report.improvement_with_ci(table, reps=500)
+
+
 def test_trailing_mean_and_curve_band_by_hand():
 
     assert rl_report.trailing_mean([1.0, 3.0, 5.0, 7.0], 2).tolist() == [1.0, 2.0, 4.0, 6.0]
@@ -263,6 +322,66 @@ def test_trailing_mean_and_curve_band_by_hand():
     mean, band = rl_report.mean_curve_with_ci(curves, np.array([0.0, 5.0, 10.0]))
     assert mean.tolist() == [1.0, 3.5, 6.0]  # runs interpolated at the grid, then averaged
     assert band[0, 1] == pytest.approx(2.0) and band[1, 1] == pytest.approx(5.0)  # 2 runs: only 2, 3.5, 5 occur
+
+
+class TwoExpertActor(torch.nn.Module):
+    """K=2 experts on 1-D actions, the same in every state: expert 0 ~ N(0, 1), expert 1 ~ N(mu, 1) before tanh."""
+
+    def __init__(self, states, mu, router=(0.3, 0.7)):
+        super().__init__()
+        self.S, self.mu, self.router = len(states), mu, torch.tensor(router).log()
+
+    def forward(self, states):
+        means = torch.tensor([[0.0], [self.mu]]).expand(len(states), 2, 1)
+        return self.router.expand(len(states), 2), means, torch.zeros_like(means)
+
+    def squash(self, x):  # identity: min_q below then ranks the Gaussian samples themselves
+        return x
+
+
+def test_label_distribution_and_its_comparison_with_the_router():
+    """Q increasing in the action: k* = 1 when expert 1's sample is the larger, P(k* = 1) = Phi(mu / sqrt 2); with
+    mu = 1: 0.760. Planted: argmin in label_distribution: P(k* = 1) = 0.240, red."""
+    states = torch.zeros(50, 3)
+    actor = TwoExpertActor(states, mu=1.0)
+
+    def min_q(s, actions):  # [S, K, A] -> [S, K]
+        return actions.sum(-1)
+
+    torch.manual_seed(0)
+    p, w = rl_diagnose.label_distribution(actor, min_q, states, draws=400)
+    expected = 0.5 * (1 + math.erf(1.0 / 2))  # Phi(1 / sqrt(2)) = (1 + erf(1 / 2)) / 2
+    assert p.shape == w.shape == (50, 2) and np.allclose(p.sum(1), 1.0)
+    assert abs(p[:, 1].mean() - expected) < 0.01  # 20000 draws in all: standard error 0.003
+    np.testing.assert_allclose(w, np.tile([0.3, 0.7], (50, 1)), rtol=1e-6)
+    torch.manual_seed(0)  # 8 samples per expert averaged: a sharper label, P(k* = 1) = Phi(mu / sqrt(2 / 8)) = 0.977
+    p8, _ = rl_diagnose.label_distribution(actor, min_q, states, draws=100, label_samples=8)
+    assert abs(p8[:, 1].mean() - 0.5 * (1 + math.erf(2.0 / math.sqrt(2)))) < 0.01
+    # the comparison by hand on two states: P = [[0.5, 0.5], [1, 0]], w = [[0.25, 0.75], [0.5, 0.5]]
+    stats = rl_diagnose.compare_labels(np.array([[0.5, 0.5], [1.0, 0.0]]), np.array([[0.25, 0.75], [0.5, 0.5]]))
+    kl = (0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75) + math.log(1 / 0.5)) / 2
+    h_w = (-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) + math.log(2)) / 2 / math.log(2)
+    assert stats["agree"] == 0.5  # state 0: argmax P = 0 (the first of a tie), argmax w = 1; state 1: both 0
+    assert stats["KL(P || w)"] == pytest.approx(kl) and stats["H(w) / ln K"] == pytest.approx(h_w)
+    assert stats["H(P) / ln K"] == pytest.approx(0.5) and stats["max P"] == pytest.approx(0.75)
+
+
+def test_rl_diagnose_labels_from_a_saved_pmoe_sac_model(tmp_path, monkeypatch):
+    """--labels end to end on a tiny saved run: one row per K>1 model, every statistic in range."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import pmoe_sac
+
+    key = tmp_path / "sweep" / "pmoe_sac__K3__Hopper-v5__s1"
+    os.makedirs(key)
+    (key / "run.json").write_text(json.dumps({"labels": {"task": "Hopper-v5", "method": "pmoe_sac:K3", "seed": 1}}))
+    (key / "DONE.json").write_text("{}")
+    monkeypatch.chdir(key)
+    settings = dict(env_id="Hopper-v5", total_timesteps=300, learning_starts=150, batch_size=32, buffer_size=1000)
+    pmoe_sac.main(pmoe_sac.Args(**settings, num_experts=3, eval_episodes=1, save_model=True, label_samples=2))
+    rows = rl_diagnose.main([str(tmp_path / "sweep"), "--labels", "--draws", "16"])
+    (row,) = rows["labels"].values()
+    assert 0 <= row["agree"] <= 1 and row["KL(P || w)"] >= 0 and 1 / 3 <= row["max P"] <= 1
+    assert 0 <= row["H(P) / ln K"] <= 1 and 0 <= row["H(w) / ln K"] <= 1
 
 
 def test_rl_diagnose_router_alpha_and_q_statistics_equal_hand_computations(tmp_path):

@@ -678,6 +678,32 @@ def test_evaluate_freezes_the_given_observation_statistics(trained, monkeypatch)
     assert rms.count == stats["count"].item()
 
 
+def test_periodic_evaluation_logs_at_rollout_boundaries_and_leaves_training_unchanged(tmp_path, monkeypatch):
+    """4 rollouts of 32 steps with --eval-every 50: evaluations at step 0, at 64 (the first boundary at or past 50),
+    and the final one at 128 (past 100); each scalar is the mean of its evaluate() call; training is unchanged.
+    Planted: dropping the fork_rng in evaluate (training draws then depend on the evaluation): red."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.chdir(tmp_path)
+    settings = dict(TINY, num_steps=32, eval_episodes=1)
+    plain = pmoe_ppo.main(pmoe_ppo.Args(**settings))
+    before = set(glob.glob("runs/*"))
+    calls, evaluate = [], pmoe_ppo.evaluate
+    monkeypatch.setattr(pmoe_ppo, "evaluate", lambda *a: calls.append(evaluate(*a)) or calls[-1])
+    periodic = pmoe_ppo.main(pmoe_ppo.Args(**settings, eval_every=50, exp_name="periodic"))  # run names hold seconds
+    (run_dir,) = set(glob.glob("runs/*")) - before
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    for offset, mode in enumerate(("argmax", "sample")):
+        logged = [(e.step, e.value) for e in events.Scalars(f"eval/episodic_return_{mode}")]
+        assert [step for step, _ in logged] == [0, 64, 128]
+        expected = [np.mean(calls[2 * i + offset]) for i in range(3)]  # argmax then sample at each point
+        np.testing.assert_allclose([value for _, value in logged], expected, rtol=1e-6)
+    assert [e.step for e in events.Scalars("eval/episodic_return")] == [0, 64, 128]
+    skip = {"charts/SPS"}
+    assert {k: v for k, v in plain.items() if k not in skip} == {k: v for k, v in periodic.items() if k not in skip}
+
+
 def test_same_seed_runs_are_identical_on_cpu(trained, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     first = trained[0]

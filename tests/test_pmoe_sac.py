@@ -254,6 +254,45 @@ def test_pmoe_estimator_trains_the_best_expert_and_routes_toward_it(B, K, A):
     assert actor.means.grad is None and actor.log_stds.grad is None  # routing reaches only the routing head
 
 
+def one_draw_rule(actor, qf1, qf2, obs, extra_draws):
+    """Reference label: the candidate x_all and `extra_draws` fresh draws per expert, ranked by their summed min-Q."""
+    mix_logits, means, log_stds = actor(obs)
+    x_all = Normal(means, log_stds.exp()).rsample()
+    scores = pmoe_sac.min_q(qf1, qf2, obs, actor.squash(x_all))
+    for _ in range(extra_draws):
+        scores = scores + pmoe_sac.min_q(qf1, qf2, obs, actor.squash(torch.normal(means, log_stds.exp())))
+    return scores.argmax(-1), actor.squash(pick_rows(x_all, scores.argmax(-1)))
+
+
+def pick_rows(x, idx):
+    return x[torch.arange(len(idx)), idx]
+
+
+@pytest.mark.parametrize("label_samples", [1, 8])
+def test_label_samples_rank_by_the_mean_of_m_draws_and_m1_is_the_official_rule(label_samples):
+    """M = 1 is today's rule exactly: the same k*, action, log-prob, loss, and no extra draw from torch's generator.
+    M = 8 ranks each expert by its candidate plus 7 fresh draws. Noisy experts (log_std 0.3) so the label is noisy.
+    Planted: `range(label_samples)` in pmoe_estimator (one extra draw at M = 1): red."""
+    actor, qf1, qf2, obs = stub_problem(seed=6, B=64, K=4, A=2)
+    actor.log_stds.data.fill_(0.3)
+    torch.manual_seed(11)
+    pi, log_pi, route_loss, k = pmoe_sac.pmoe_estimator(actor, qf1, qf2, obs, label_samples)
+    state_after = torch.get_rng_state()
+    torch.manual_seed(11)
+    k_ref, pi_ref = one_draw_rule(actor, qf1, qf2, obs, label_samples - 1)
+    assert torch.equal(k, k_ref) and torch.equal(pi, pi_ref)
+    assert torch.equal(torch.get_rng_state(), state_after)  # the same number of draws
+    w = torch.softmax(actor.mix_logits, -1)
+    assert route_loss.item() == torch.nn.functional.mse_loss(w, torch.nn.functional.one_hot(k_ref, 4).double()).item()
+    if label_samples == 1:  # against the default call, i.e. the code path every earlier run took
+        torch.manual_seed(11)
+        default = pmoe_sac.pmoe_estimator(actor, qf1, qf2, obs)
+        assert all(torch.equal(a, b) for a, b in zip(default, (pi, log_pi, route_loss, k)))
+    else:  # the extra draws changed some labels (else the test would not see them)
+        torch.manual_seed(11)
+        assert not torch.equal(one_draw_rule(actor, qf1, qf2, obs, 0)[0], k)
+
+
 def test_pmoe_actor_loss_reaches_only_the_chosen_experts():
     actor, qf1, qf2, obs = stub_problem(seed=5)
     pi, log_pi, _, k = pmoe_sac.pmoe_estimator(actor, qf1, qf2, obs)
@@ -441,7 +480,7 @@ def test_each_estimator_and_policy_type_trains(overrides, record_networks, tmp_p
         for name, p in net.named_parameters():
             assert not torch.equal(p.detach(), before[name]), f"{type(net).__name__}.{name} did not change"
     (run_dir,) = (tmp_path / "runs").iterdir()
-    final_step = TINY["total_timesteps"] - 1
+    final_step = TINY["total_timesteps"]  # the eval curve's last point: after every env step
     assert scalars(run_dir, "eval/episodic_return_argmax") == [
         (final_step, pytest.approx(summary["eval_return_argmax"]))
     ]
@@ -451,6 +490,28 @@ def test_each_estimator_and_policy_type_trains(overrides, record_networks, tmp_p
     assert scalars(run_dir, "eval/episodic_return") == [(final_step, pytest.approx(summary["eval_return"]))]
     assert summary["eval_return"] == summary["eval_return_sample"]  # --eval-expert sample, the default
     assert len(scalars(run_dir, "charts/episodic_return")) == summary["episodes"]
+
+
+def test_periodic_evaluation_logs_at_every_multiple_and_leaves_training_unchanged(tmp_path, monkeypatch):
+    """--eval-every 100 on 400 steps: eval scalars at steps 0, 100, 200, 300 (before those steps) and 400 (the final
+    evaluation), each the mean of an evaluate() call; the training (losses, returns) equals a run without it.
+    Planted: `global_step % args.eval_every == 1` (off by one): red."""
+    monkeypatch.chdir(tmp_path)
+    settings = dict(TINY, num_experts=2, seed=3)
+    plain = pmoe_sac.main(pmoe_sac.Args(**settings))
+    (plain_dir,) = (tmp_path / "runs").iterdir()
+    calls, evaluate = [], pmoe_sac.evaluate
+    monkeypatch.setattr(pmoe_sac, "evaluate", lambda *a: calls.append(evaluate(*a)) or calls[-1])
+    periodic = pmoe_sac.main(pmoe_sac.Args(**settings, eval_every=100, exp_name="periodic"))  # run names hold seconds
+    (run_dir,) = set((tmp_path / "runs").iterdir()) - {plain_dir}
+    for mode, offset in (("argmax", 0), ("sample", 1)):
+        logged = scalars(run_dir, f"eval/episodic_return_{mode}")
+        assert [step for step, _ in logged] == [0, 100, 200, 300, 400]
+        expected = [np.mean(calls[2 * i + offset]) for i in range(5)]  # argmax then sample at each point
+        np.testing.assert_allclose([value for _, value in logged], expected, rtol=1e-6)
+    assert [step for step, _ in scalars(run_dir, "eval/episodic_return")] == [0, 100, 200, 300, 400]
+    for key in ("final_return", "episodes", "qf_loss", "actor_loss", "route_loss", "alpha", "eval_return_sample"):
+        assert periodic[key] == plain[key], key  # evaluation forks torch's generator: training draws unchanged
 
 
 def one_update_run(tmp_path, monkeypatch, record_networks, **overrides):
@@ -640,7 +701,10 @@ def test_saved_model_is_the_trained_agent(tmp_path, monkeypatch, record_networks
     path = summary["model_path"]
     assert os.path.isfile(path) and not os.path.exists(path + ".tmp")
     checkpoint = torch.load(path, weights_only=True)
-    assert checkpoint["args"]["num_experts"] == 3 and set(checkpoint) == {"actor", "qf1", "qf2", "args"}
+    assert checkpoint["args"]["num_experts"] == 3
+    assert set(checkpoint) == {"actor", "qf1", "qf2", "args", "replay_states"}
+    states = checkpoint["replay_states"]  # 1000 draws from the 400 stored rows, for rl_diagnose.py
+    assert states.shape == (1000, 11) and len(torch.unique(states, dim=0)) <= 400
     (actor, actor_init), (qf1, _), (qf2, _) = record_networks[:3]  # main builds the actor, qf1 and qf2 first
     for name, net in dict(actor=actor, qf1=qf1, qf2=qf2).items():
         for key, p in net.named_parameters():
@@ -648,6 +712,8 @@ def test_saved_model_is_the_trained_agent(tmp_path, monkeypatch, record_networks
     assert not torch.equal(checkpoint["actor"]["fc_mean.weight"], actor_init["fc_mean.weight"])  # ... not fresh ones
     again = pmoe_sac.main(pmoe_sac.Args(eval_only=True, model_path=path, eval_expert="argmax", eval_episodes=2))
     assert again["eval_return"] == summary["eval_return_argmax"]  # same weights, env seeds and deterministic actions
+    again = pmoe_sac.main(pmoe_sac.Args(eval_only=True, model_path=path, eval_expert="sample", eval_episodes=2))
+    assert again["eval_return"] == summary["eval_return_sample"]  # the expert draws are seeded too
 
 
 def test_video_of_the_first_sub_env(tmp_path):
