@@ -1,4 +1,4 @@
-"""Discrete-token GRPO for LLM reasoning, on one device: the baseline of SofT-GRPO (Zheng & Lee, arXiv 2511.06411).
+"""Discrete-token GRPO for LLM reasoning: the baseline of SofT-GRPO (Zheng & Lee, arXiv 2511.06411).
 
 The loss is verl's GRPO as the SofT-GRPO code runs it (group advantages, PPO dual-clip, k3 KL, token-mean); rollouts
 come from our own KV-cache decode loop, and evaluation grades with math-verify as the official eval does. Read it in

@@ -1,15 +1,19 @@
-"""Discrete-token GRPO at the paper's scale: `discrete_grpo.py` plus torchrun + FSDP2, line for line.
+"""Discrete-token GRPO for LLM reasoning: the baseline of SofT-GRPO (Zheng & Lee, arXiv 2511.06411).
 
 The loss is verl's GRPO as the SofT-GRPO code runs it (group advantages, PPO dual-clip, k3 KL, token-mean); rollouts
 come from our own KV-cache decode loop, and evaluation grades with math-verify as the official eval does. Read it in
 order: Args, the GRPO helpers, main; then the task, grader and toy model it runs on. `sofT_grpo.py` (its child)
 changes the rollout's thinking steps, their log-density and the evaluation; `discrete_grpo_fsdp.py` adds torchrun +
 FSDP2, resumable checkpoints, compiled decoding and the 3B/7B presets. Notes: docs/discrete_grpo.md
-Ranks share every mini-batch and normalise its loss over all of them: N ranks take the step of one process, and
-one process (`python`) works too. Evaluation is sharded over ranks; rank 0 alone writes; runs resume.
-    torchrun --nproc-per-node 8 discrete_grpo_fsdp.py --preset r1-distill-qwen-7b --save-every 20  # 8 GPUs, FSDP2
-    torchrun --nproc-per-node 8 discrete_grpo_fsdp.py --preset r1-distill-qwen-7b --resume-from RUN/checkpoint-20
-    python discrete_grpo_fsdp.py --compile   # rollouts on a static KV cache with a compiled step (CUDA graphs on a GPU)
+    python discrete_grpo.py                                   # toy task + tiny model on a laptop CPU
+    python discrete_grpo.py --preset r1-distill-qwen-1.5b     # the paper's setting, one GPU
+    python discrete_grpo.py --preset r1-distill-qwen-1.5b --model-name-or-path ./ckpt --eval-only  # MATH-500, n 32
+    python discrete_grpo.py --track --dr-grpo --loss-agg-mode seq-mean-token-sum-norm
+Paper-scale variant: this file is the teaching file whose commands are above, plus torchrun + FSDP2, sharded
+evaluation, resumable DCP checkpoints, --compile and the 3B/7B presets (`diff -w` against it shows only those):
+    torchrun --nproc-per-node 8 <this file> --preset r1-distill-qwen-7b --save-every 20  # 8 GPUs, FSDP2
+    torchrun --nproc-per-node 8 <this file> --preset r1-distill-qwen-7b --resume-from RUN/checkpoint-20
+    python <this file> --compile   # rollouts on a static KV cache with a compiled step (CUDA graphs on a GPU)
 """
 
 import contextlib
@@ -433,14 +437,15 @@ def main(args: Args) -> dict:
             dist.all_gather_object(shares, counts)
             counts = {g: [c for share in shares for c in share[g]] for g in counts}
         res = grade(counts, n, args.eval_grader)
-        if rank == 0:
-            for k, v in res.items():
-                writer.add_scalar(f"eval/{k}", v, step)
-            tqdm.write(f"eval step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in res.items()))
-            record = dict(run=run_name, step=step, model=path, n=n, problems=len(eval_rows), time=time.time() - t0)
-            record.update(sampling, grader=args.eval_grader, **res)
-            with open(os.path.join(run_dir, f"eval_step{step}.json"), "w") as f:
-                json.dump(record, f, indent=1)
+        if rank > 0:  # only rank 0 writes
+            return res
+        for k, v in res.items():
+            writer.add_scalar(f"eval/{k}", v, step)
+        tqdm.write(f"eval step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in res.items()))
+        record = dict(run=run_name, step=step, model=path, n=n, problems=len(eval_rows), time=time.time() - t0)
+        record.update(sampling, grader=args.eval_grader, **res)
+        with open(os.path.join(run_dir, f"eval_step{step}.json"), "w") as f:
+            json.dump(record, f, indent=1)
         return res
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01)  # fp32 states

@@ -1,4 +1,4 @@
-"""SofT-GRPO (Zheng & Lee, arXiv 2511.06411): GRPO on soft-thinking rollouts with Gumbel noise, on one device.
+"""SofT-GRPO (Zheng & Lee, arXiv 2511.06411): GRPO on soft-thinking rollouts with Gumbel noise, in one file.
 
 A minimal diff of `discrete_grpo.py`: while a row thinks, each step feeds the model the Gumbel-softmax mixture of
 its top-k token embeddings instead of one token, until the emitted token is `</think>`; a soft position is scored

@@ -1,4 +1,4 @@
-"""SofT-GRPO at the paper's scale: `sofT_grpo.py` plus torchrun + FSDP2, line for line.
+"""SofT-GRPO (Zheng & Lee, arXiv 2511.06411): GRPO on soft-thinking rollouts with Gumbel noise, in one file.
 
 A minimal diff of `discrete_grpo.py`: while a row thinks, each step feeds the model the Gumbel-softmax mixture of
 its top-k token embeddings instead of one token, until the emitted token is `</think>`; a soft position is scored
@@ -6,11 +6,15 @@ with the Gumbel log-density of its stored perturbed logits (the paper's Gumbel r
 as in the parent; the GRPO loss is the parent's, unchanged; the evaluation runs the paper's soft decodings.
 `sofT_grpo_fsdp.py` adds torchrun + FSDP2, resumable checkpoints, compiled decoding and the 3B/7B presets.
 Reading map and notes: docs/sofT_grpo.md
-Ranks share every mini-batch and normalise its loss over all of them: N ranks take the step of one process, and
-one process (`python`) works too. Evaluation is sharded over ranks; rank 0 alone writes; runs resume.
-    torchrun --nproc-per-node 8 sofT_grpo_fsdp.py --preset r1-distill-qwen-7b --save-every 20  # 8 GPUs, FSDP2
-    torchrun --nproc-per-node 8 sofT_grpo_fsdp.py --preset r1-distill-qwen-7b --resume-from RUN/checkpoint-20
-    python sofT_grpo_fsdp.py --compile   # rollouts on a static KV cache with a compiled step (CUDA graphs on a GPU)
+    python sofT_grpo.py                                   # toy task + tiny model on a laptop CPU
+    python sofT_grpo.py --preset r1-distill-qwen-1.5b     # the paper's setting, one GPU
+    python sofT_grpo.py --preset r1-distill-qwen-1.5b --model-name-or-path ./ckpt --eval-only  # paper's soft evals
+    python sofT_grpo.py --noise dirichlet                 # the paper's noise ablation (--tau-g does not apply)
+Paper-scale variant: this file is the teaching file whose commands are above, plus torchrun + FSDP2, sharded
+evaluation, resumable DCP checkpoints, --compile and the 3B/7B presets (`diff -w` against it shows only those):
+    torchrun --nproc-per-node 8 <this file> --preset r1-distill-qwen-7b --save-every 20  # 8 GPUs, FSDP2
+    torchrun --nproc-per-node 8 <this file> --preset r1-distill-qwen-7b --resume-from RUN/checkpoint-20
+    python <this file> --compile   # rollouts on a static KV cache with a compiled step (CUDA graphs on a GPU)
 """
 
 import contextlib
@@ -544,14 +548,15 @@ def main(args: Args) -> dict:
                 counts = {g: [c for share in shares for c in share[g]] for g in counts}
             for k, v in grade(counts, n, args.eval_grader).items():
                 res[f"{name}/{k}"] = v
-        if rank == 0:
-            for k, v in res.items():
-                writer.add_scalar(f"eval/{k}", v, step)
-            tqdm.write(f"eval step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in res.items()))
-            record = dict(run=run_name, step=step, model=path, n=n, problems=len(eval_rows), time=time.time() - t0)
-            record.update(settings={k: EVAL_SETTINGS[k] for k in args.eval_settings}, grader=args.eval_grader, **res)
-            with open(os.path.join(run_dir, f"eval_step{step}.json"), "w") as f:
-                json.dump(record, f, indent=1)
+        if rank > 0:  # only rank 0 writes
+            return res
+        for k, v in res.items():
+            writer.add_scalar(f"eval/{k}", v, step)
+        tqdm.write(f"eval step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in res.items()))
+        record = dict(run=run_name, step=step, model=path, n=n, problems=len(eval_rows), time=time.time() - t0)
+        record.update(settings={k: EVAL_SETTINGS[k] for k in args.eval_settings}, grader=args.eval_grader, **res)
+        with open(os.path.join(run_dir, f"eval_step{step}.json"), "w") as f:
+            json.dump(record, f, indent=1)
         return res
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01)  # fp32 states
