@@ -27,7 +27,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.optim as optim
 import tyro
-from torch.distributions.categorical import Categorical
 from torch.distributions.normal import Normal
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -196,8 +195,16 @@ def mixture_log_prob(action, mix_logits, expert_means, expert_logstds):
     """log pi(a|s) = logsumexp_k [log w_k + log N(a; mu_k, sigma_k)] for pi = sum_k w_k N_k (co-author
     pmoe_ppo.py::PMOE_PPO.get_action_and_value computes log(w . exp(.)), which underflows to -inf in 17-D).
     action [B, A]; mix_logits [B, K]; expert_means, expert_logstds [B, K, A] -> [B]"""
-    expert_log_probs = Normal(expert_means, expert_logstds.exp()).log_prob(action.unsqueeze(1)).sum(-1)  # [B, K]
+    # the Gaussian density written out: torch's Normal would check its arguments (ops and a host sync) every call
+    z = (action.unsqueeze(1) - expert_means) * torch.exp(-expert_logstds)  # [B, K, A]
+    expert_log_probs = -(0.5 * z.pow(2) + expert_logstds + 0.5 * np.log(2 * np.pi)).sum(-1)  # [B, K]
     return torch.logsumexp(mix_logits.log_softmax(-1) + expert_log_probs, dim=-1)
+
+
+def sample_expert(mix_logits):
+    """z ~ Cat(softmax(mix_logits)): [B, K] -> [B]. The draw of torch's Categorical(logits=...).sample(), without
+    its argument checks (a host sync and ops every step)."""
+    return torch.multinomial(mix_logits.softmax(-1), 1, True).squeeze(-1)
 
 
 def mixture_entropy_bound(mix_logits, expert_logstds):
@@ -263,15 +270,20 @@ class Agent(nn.Module):
         return self.router(x), expert_means, expert_logstds
 
     def get_action_and_value(self, x, action=None):
-        mix_logits, expert_means, expert_logstds = self.get_experts(x)
-        if self.policy_type == "pmoe":
-            if action is None:  # z ~ Cat(w(s)), then a ~ N(mu_z, sigma_z)
-                expert = Categorical(logits=mix_logits).sample()  # [B]
-                rows = torch.arange(len(x), device=x.device)
-                action = torch.normal(expert_means[rows, expert], expert_logstds[rows, expert].exp())  # [B, A]
-            logprob = mixture_log_prob(action, mix_logits, expert_means, expert_logstds)
-            return action, logprob, mixture_entropy_bound(mix_logits, expert_logstds), self.critic(x)
-        action_mean, action_logstd = combine_experts(self.policy_type, mix_logits, expert_means, expert_logstds)
+        if self.num_experts == 1:  # CleanRL's own Gaussian: every 1-expert policy is it, with no router ops
+            action_mean = self.actor_mean(x)
+            action_logstd = self.actor_logstd.expand_as(action_mean)
+        else:
+            mix_logits, expert_means, expert_logstds = self.get_experts(x)
+            if self.policy_type == "pmoe":
+                if action is None:  # z ~ Cat(w(s)), then a ~ N(mu_z, sigma_z)
+                    expert = sample_expert(mix_logits)  # [B]
+                    rows = torch.arange(len(x), device=x.device)
+                    action = torch.normal(expert_means[rows, expert], expert_logstds[rows, expert].exp())  # [B, A]
+                logprob = mixture_log_prob(action, mix_logits, expert_means, expert_logstds)
+                return action, logprob, mixture_entropy_bound(mix_logits, expert_logstds), self.critic(x)
+            # gating, mcp: one Gaussian composed from the K experts
+            action_mean, action_logstd = combine_experts(self.policy_type, mix_logits, expert_means, expert_logstds)
         action_std = torch.exp(action_logstd)
         probs = Normal(action_mean, action_std)
         if action is None:
@@ -279,10 +291,12 @@ class Agent(nn.Module):
         return action, probs.log_prob(action).sum(1), probs.entropy().sum(1), self.critic(x)
 
     def get_eval_action(self, x, eval_expert):  # the mean of one expert (argmax, or drawn), or of the combined Gaussian
+        if self.num_experts == 1:
+            return self.actor_mean(x)
         mix_logits, expert_means, expert_logstds = self.get_experts(x)
         if self.policy_type != "pmoe":
             return combine_experts(self.policy_type, mix_logits, expert_means, expert_logstds)[0]
-        expert = mix_logits.argmax(-1) if eval_expert == "argmax" else Categorical(logits=mix_logits).sample()
+        expert = mix_logits.argmax(-1) if eval_expert == "argmax" else sample_expert(mix_logits)
         return expert_means[torch.arange(len(x), device=x.device), expert]
 
 
@@ -400,11 +414,13 @@ def evaluate(agent, args, obs_rms, eval_expert, device):
 
 
 def log_evaluation(agent, args, obs_rms, writer, step, device):
-    """Evaluate with the argmax and the sampled expert; log and return `eval/episodic_return_*` at `step`."""
+    """Evaluate with the argmax and the sampled expert; log and return `eval/episodic_return_*` at `step`.
+    One Gaussian (K=1, gating, mcp) acts with the same mean under both rules: one evaluation gives both."""
     means = {}
-    for eval_expert in ("argmax", "sample"):
+    for eval_expert in ("argmax", "sample") if agent.num_experts > 1 and agent.policy_type == "pmoe" else ("argmax",):
         returns = evaluate(agent, args, obs_rms, eval_expert, device)
         means[f"eval/episodic_return_{eval_expert}"] = float(np.mean(returns))
+    means.setdefault("eval/episodic_return_sample", means["eval/episodic_return_argmax"])
     means["eval/episodic_return"] = means[f"eval/episodic_return_{args.eval_expert}"]
     for name, value in means.items():
         writer.add_scalar(name, value, step)

@@ -502,7 +502,8 @@ def main(args: Args) -> dict:
         actor_loss = ((alpha * log_pi) - min_qf_pi).mean()
 
         actor_optimizer.zero_grad()
-        (actor_loss + args.route_coef * route_loss).backward()
+        # only the actor's gradients: the critics' would be zeroed unused before their next step (CleanRL computes them)
+        (actor_loss + args.route_coef * route_loss).backward(inputs=list(actor.parameters()))
         actor_optimizer.step()
         return actor_loss, route_loss, log_pi, k_star
 

@@ -76,6 +76,10 @@ class Args:
     toy_num_layers: int = 3  # decoder layers of the tiny Qwen2 model
     toy_sft_steps: int = 600  # supervised warm-start steps on worked solutions
     toy_teacher_slip: float = 0.5  # fraction of SFT solutions that box the previous line's result (room for RL)
+    toy_branching: bool = False
+    """sums of toy_num_ops + 1 terms added in any order, a slip while thinking: the decision is inside <think>"""
+    toy_branching_slip: tuple[float, float] = (0.1, 0.3)
+    """--toy-branching: the teacher's chance to write a line's result one too high, one-digit / two-digit result"""
     toy_cache_dir: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache")  # toy base model cache
     # GRPO
     total_steps: int = 60  # rollout + update steps
@@ -594,11 +598,15 @@ def load_data(args: Args, tok) -> tuple:
 
 
 def toy_splits(args: Args) -> tuple:
-    """+/- chains with worked solutions (one line per operation): 4000 training and 1000 disjoint held-out problems."""
+    """+/- chains with worked solutions (one line per operation): 4000 training and 1000 disjoint held-out problems.
+    The teacher slips after </think>, so RL improves the answer; --toy-branching moves the slip inside <think>."""
 
     def draw(n: int, seed: int) -> list:
         rng, rows = random.Random(seed), []
         for _ in range(n):
+            if args.toy_branching:
+                rows.append(branching_row(rng, args))
+                continue
             value = rng.randint(1, args.toy_max_operand)
             text, steps, prev = str(value), [], value
             for _ in range(args.toy_num_ops):
@@ -616,6 +624,22 @@ def toy_splits(args: Args) -> tuple:
     held_out = draw(1000, seed=1)
     seen = {r["problem"] for r in held_out}
     return [r for r in draw(4000, seed=0) if r["problem"] not in seen], held_out
+
+
+def branching_row(rng, args: Args) -> dict:
+    """A sum of toy_num_ops + 1 terms added in a random order, so several next lines are right: "a+b=s", "+c=s".
+    A line's result is one too high with a chance that depends on the path (toy_branching_slip[1] if the line's true
+    result has two digits, else [0]: small terms first slip less); the next lines build on it, and the answer boxes
+    the last line."""
+    terms = [rng.randint(1, args.toy_max_operand) for _ in range(args.toy_num_ops + 1)]
+    order, lines = rng.sample(terms, len(terms)), []
+    total = order[0]
+    for i, b in enumerate(order[1:]):
+        total += b
+        total += rng.random() < args.toy_branching_slip[total >= 10]  # the slip, carried forward
+        lines.append(f"{order[0] if i == 0 else ''}+{b}={total}")
+    solution = "\n".join(lines) + f"\n</think> \\boxed{{{total}}}"
+    return {"problem": f"Compute {'+'.join(map(str, terms))}.", "answer": str(sum(terms)), "solution": solution}
 
 
 def load_rows(path: str, flag: str, args: Args) -> list:
@@ -815,6 +839,8 @@ def toy_tokenizer() -> Qwen2Tokenizer:
 def build_toy_base(args: Args) -> str:
     """SFT a tiny Qwen2 on worked toy solutions once, save it atomically, return its folder (CPU, deterministic)."""
     cfg = {k: v for k, v in sorted(vars(args).items()) if k.startswith("toy_") and k != "toy_cache_dir"}
+    if not args.toy_branching:  # the default toy's key predates the branching flags: its cached model keeps its path
+        cfg = {k: v for k, v in cfg.items() if not k.startswith("toy_branching")}
     path = os.path.join(args.toy_cache_dir, "toy-base-" + hashlib.sha256(json.dumps(cfg).encode()).hexdigest()[:12])
     if os.path.isfile(os.path.join(path, "config.json")):
         return path

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from grpo_thinking_stats import thinking_mask  # noqa: E402
+from grpo_thinking_stats import identical_thinking_groups, thinking_mask  # noqa: E402
 
 GUMBEL_CLAMP = (-1.5, 3.0)  # the official log-density's clamp of g' = y - log q
 TB_TAGS = (
@@ -80,21 +80,13 @@ def gumbel_mask_stats(z_ids, y) -> dict:
         "positions": int(z_ids.shape[0]),
         "kept_components": n_keep.float().mean().item(),
         "frac_one_kept": (n_keep == 1).float().mean().item(),
+        # issue 23: two or more components above ~0.05 among those sampled (top-p kept them; sofT_grpo.py's density
+        # leaves the dropped slots out of q and of the mean)
+        "frac_two_or_more_kept_sampled": ((keep & (y >= TOP_P_FLOOR + 1e-3)).sum(-1) >= 2).float().mean().item(),
         "frac_kept_clamped_low": (low.sum() / kept_total).item(),
         "frac_kept_clamped_high": (high.sum() / kept_total).item(),
         "frac_no_gradient": ((low | high).sum(-1) == n_keep).float().mean().item(),
     }
-
-
-def identical_thinking_groups(completion_ids, thinking, group_size: int) -> float:
-    """Share of prompt groups whose G completions emit the same tokens at the same thinking positions.
-
-    completion_ids: [N*G, T]; thinking: [N*G, T] bool. In such a group a categorical log-prob term of the thinking
-    tokens is the same for every rollout, so its GRPO gradient sum_j A_j grad log p vanishes (sum_j A_j = 0)."""
-    hidden = torch.full_like(completion_ids, -1)  # non-thinking positions compare equal
-    ids = torch.where(thinking, completion_ids, hidden).view(-1, group_size, completion_ids.shape[-1])  # [N, G, T]
-    same = (ids == ids[:, :1]).all(-1).all(-1)  # [N]
-    return same.float().mean().item()
 
 
 def kept(z_ids):
@@ -201,6 +193,7 @@ def loss_grad_split(mod, logp_fn, model, batch, masks: dict, group_size: int, sh
         shuffled = adv.gather(1, order).view(-1)
         null.append(loss_grad(mod, logp, params, shuffled, masks["thinking"], total).norm().item())
     out["norm_thinking_shuffled_advantages"] = float(np.mean(null))
+    out["thinking_over_shuffled"] = out["norm_thinking"] / max(out["norm_thinking_shuffled_advantages"], 1e-30)
     return out
 
 

@@ -26,7 +26,7 @@ from collections import defaultdict
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rl_report import bootstrap_ci, load_scalars, write_section  # noqa: E402
+from rl_report import bootstrap_ci, load_scalars, permutation_p, t_interval, verdict, write_section  # noqa: E402
 
 BEGIN, END = "<!-- grpo_report:begin -->", "<!-- grpo_report:end -->"
 # The paper's rows (model, decoding) -> name; "soft-baseline" is the paper's soft decoding of base and GRPO models
@@ -160,7 +160,12 @@ def final_table(entries):
     return table
 
 
-MODEL_NAMES = {"base": "No-RL", "discrete_grpo:grpo": "GRPO", "sofT_grpo:softgrpo": "SofT-GRPO"}
+MODEL_NAMES = {
+    "base": "No-RL",
+    "discrete_grpo:grpo": "GRPO",
+    "sofT_grpo:softgrpo": "SofT-GRPO",
+    "discrete_grpo:grpo-k5p95": "GRPO k5/p0.95",  # discrete GRPO on SofT-GRPO's top-k 5 / top-p 0.95 rollouts
+}
 
 
 def model_name(model):
@@ -181,9 +186,12 @@ def row_order(item):
     return (paper.index((model, decoding)) if (model, decoding) in paper else len(paper), model, decoding)
 
 
-def mean_ci(values):
-    """(mean, lo, hi) in percent: the mean over seeds and its 95% bootstrap CI."""
-    lo, hi = bootstrap_ci(values)
+def mean_ci(values, t=False):
+    """(mean, lo, hi) in percent: the mean over seeds and its 95% CI, a percentile bootstrap or (t) a t-interval,
+    which holds at a few seeds (a single seed: its value, no interval)."""
+    if t and len(values) < 2:
+        return (100 * float(values[0]),) * 3
+    lo, hi = t_interval(values) if t else bootstrap_ci(values)
     return 100 * float(np.mean(values)), 100 * lo, 100 * hi
 
 
@@ -197,21 +205,32 @@ def difference_ci(a, b, reps=10000, seed=0):
     return float(a.mean() - b.mean()), float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
 
 
-def comparison(table, ks, treated, control):
-    """Markdown lines: treated minus control row, per Pass@k, in points, with a 95% bootstrap CI."""
+def comparison(table, ks, treated, control, t=False):
+    """Markdown lines: treated minus control row, per Pass@k, in points, with a 95% bootstrap CI or (t) the exact
+    permutation p-value over all splits of the pooled seeds and its verdict (p >= 0.05: cannot be told apart)."""
     if treated not in table or control not in table:
         return []
     cells = []
     for k in ks:
         a = [v[k] for v in table[treated].values() if k in v]
         b = [v[k] for v in table[control].values() if k in v]
-        cells.append("%+.1f [%+.1f, %+.1f]" % tuple(100 * x for x in difference_ci(a, b)) if a and b else "-")
+        if not (a and b) or (t and len(a) + len(b) < 3):
+            cells.append("-")
+        elif t:
+            diff, p = 100 * (np.mean(a) - np.mean(b)), permutation_p(a, b)
+            cells.append(f"{diff:+.1f}, p {p:.3f}: {verdict(diff, p)}")
+        else:
+            cells.append("%+.1f [%+.1f, %+.1f]" % tuple(100 * x for x in difference_ci(a, b)))
     name = f"{row_name(*treated)} minus {row_name(*control)}"
     return [f"| {name} | {len(table[treated])} vs {len(table[control])} | " + " | ".join(cells) + " |"]
 
 
-def seeds_markdown(entries, lengths):
-    """The table (mean [95% CI] per Pass@k), the rollout lengths and the per-seed values in a folded section."""
+K5 = "discrete_grpo:grpo-k5p95"  # issue 23's third arm
+
+
+def seeds_markdown(entries, lengths, t=False):
+    """The table (mean [95% CI] per Pass@k), the rollout lengths and the per-seed values in a folded section.
+    t: t-intervals and exact permutation tests (issue 23) instead of percentile bootstraps."""
     table = final_table(entries)
     ks = sorted({k for seeds in table.values() for values in seeds.values() for k in values})
     out = ["| model, decoding | seeds | " + " | ".join(f"Pass@{k}" for k in ks) + " |"]
@@ -220,25 +239,30 @@ def seeds_markdown(entries, lengths):
         cells = []
         for k in ks:
             values = [seeds[s][k] for s in sorted(seeds) if k in seeds[s]]
-            cells.append("%.1f [%.1f, %.1f]" % mean_ci(values) if values else "-")
+            if t and len(values) == 1:  # one seed: its value, no interval
+                cells.append(f"{100 * values[0]:.1f}")
+            else:
+                cells.append("%.1f [%.1f, %.1f]" % mean_ci(values, t) if values else "-")
         out.append(f"| {row_name(model, decoding)} | {len(seeds)} | " + " | ".join(cells) + " |")
     soft, grpo = "sofT_grpo:softgrpo", "discrete_grpo:grpo"
-    diffs = comparison(table, ks, (soft, "sofT-grpo"), (grpo, "discrete"))  # the paper's: each in its own decoding
-    diffs += comparison(table, ks, (soft, "sofT-grpo"), (grpo, "soft-baseline"))
-    for decoding in ("sofT-grpo", "soft-baseline"):  # the two checkpoints under one and the same decoding
-        diffs += comparison(table, ks, (soft, decoding), (grpo, decoding))
+    diffs = comparison(table, ks, (soft, "sofT-grpo"), (grpo, "discrete"), t)  # the paper's: each in its own decoding
+    diffs += comparison(table, ks, (soft, "sofT-grpo"), (grpo, "soft-baseline"), t)
+    diffs += comparison(table, ks, (soft, "sofT-grpo"), (K5, "discrete"), t)
+    for decoding in ("sofT-grpo", "soft-baseline", "discrete"):  # two checkpoints under one and the same decoding
+        diffs += comparison(table, ks, (soft, decoding), (grpo, decoding), t)
+        diffs += comparison(table, ks, (soft, decoding), (K5, decoding), t)
+        diffs += comparison(table, ks, (K5, decoding), (grpo, decoding), t)
     if diffs:
-        out += [
-            "",
-            "Differences in points (mean over seeds, 95% bootstrap CI, the two sets of runs resampled apart):",
-            "",
-        ]
+        how = "95% bootstrap CI, the two sets of runs resampled apart"
+        if t:
+            how = "exact permutation p over all splits of the pooled runs; p >= 0.05: cannot be told apart"
+        out += ["", f"Differences in points (mean over seeds, {how}):", ""]
         out += ["| comparison | seeds | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
         out += diffs
     if lengths:
         out += [
             "",
-            "Training rollouts (T 1.0, TensorBoard): mean over seeds of the first 5 / the last 5 of 60 steps.",
+            "Training rollouts (T 1.0, TensorBoard): mean over seeds of the first 5 / the last 5 training steps.",
             "",
         ]
         out += ["| method | seeds | " + " | ".join(TRAIN_TAGS) + " |", "|---|---|" + "---|" * len(TRAIN_TAGS)]
@@ -259,7 +283,7 @@ def seeds_markdown(entries, lengths):
     return "\n".join(out)
 
 
-def curve(entries, model, decoding, k):
+def curve(entries, model, decoding, k, t=False):
     """Pass@k against the training step of one trained model in one decoding, over seeds.
 
     Step 0 is the base model. Returns steps [S], mean [S], lo [S], hi [S] (fractions) and seeds per step [S];
@@ -275,13 +299,13 @@ def curve(entries, model, decoding, k):
     for s in steps:
         values = [by_step[s][seed] for seed in sorted(seeds)]
         mean.append(float(np.mean(values)))
-        ci = bootstrap_ci(values)
+        ci = t_interval(values) if t and len(values) > 1 else bootstrap_ci(values)
         lo.append(ci[0])
         hi.append(ci[1])
     return np.array(steps), np.array(mean), np.array(lo), np.array(hi), len(seeds)
 
 
-def plot_curves(entries, arms, ks, path):
+def plot_curves(entries, arms, ks, path, t=False):
     """One panel per k: for each (model, decoding) arm, the mean Pass@k over seeds against the step, 95% CI band."""
     import matplotlib
 
@@ -291,7 +315,7 @@ def plot_curves(entries, arms, ks, path):
     fig, axes = plt.subplots(1, len(ks), figsize=(5 * len(ks), 3.8), squeeze=False)
     for ax, k in zip(axes[0], ks):
         for color, (model, decoding) in enumerate(arms):
-            steps, mean, lo, hi, n = curve(entries, model, decoding, k)
+            steps, mean, lo, hi, n = curve(entries, model, decoding, k, t)
             if len(steps) == 0:
                 continue
             label = f"{row_name(model, decoding)} ({n} seeds)"
@@ -343,6 +367,7 @@ def main(argv=None):
     parser.add_argument("--section", default=None, help="with --md: use the markers grpo_report:SECTION:begin/end")
     parser.add_argument("--keep-seeds", nargs="+", type=int, help="with --seeds: only these seeds (e.g. 1 2 3)")
     parser.add_argument("--methods", nargs="+", help="with --seeds: only the base model and these trained models")
+    parser.add_argument("--t", action="store_true", help="with --seeds: t-intervals and exact permutation tests")
     args = parser.parse_args(argv)
     records = load_evals(args.paths)
     if not records:
@@ -359,7 +384,7 @@ def main(argv=None):
             if os.path.isdir(p):
                 for tag, by_method in rollout_lengths(p, args.keep_seeds, args.methods).items():
                     lengths[tag].update(by_method)
-        text = seeds_markdown(entries, lengths)
+        text = seeds_markdown(entries, lengths, args.t)
         print(text)
         if args.md:
             begin, end = BEGIN, END
@@ -367,8 +392,8 @@ def main(argv=None):
                 begin, end = f"<!-- grpo_report:{args.section}:begin -->", f"<!-- grpo_report:{args.section}:end -->"
             write_section(args.md, text, begin, end)
         if args.png:
-            arms = [("discrete_grpo:grpo", "discrete"), ("sofT_grpo:softgrpo", "sofT-grpo")]
-            plot_curves(entries, arms, [1, 8], args.png)
+            arms = [("discrete_grpo:grpo", "discrete"), ("sofT_grpo:softgrpo", "sofT-grpo"), (K5, "discrete")]
+            plot_curves(entries, arms, [1, 8], args.png, args.t)
             print(f"\ncurves: {args.png}")
         return entries
     if args.last:

@@ -7,7 +7,13 @@ rollouts of held-out toy problems (sofT_grpo.py's training sampler: T, top-k, to
   full vocabulary   p = softmax(z / T): its entropy (nats) and its largest probability;
   top-k / top-p     pi, p renormalised over the top-k then top-p ids: what the Gumbel noise perturbs;
   soft token        the largest mixture weight max_i w_i after tau_g (the training log's soft/top1_weight);
-and, for contrast, the full-vocabulary statistics at the answer positions after </think>.
+and, for contrast, the full-vocabulary statistics at the answer positions after </think>. Issue 23's acceptance
+numbers for a toy whose decision is made inside <think> (run with --samples 8 = G):
+  branching positions  thinking positions whose second most likely token has p >= 0.05: share, mean entropy;
+  term positions       (the toy's) the first thinking step and every step after a "+": which term comes next;
+  components > 0.05    share of soft positions with two or more pi components above 0.05 (what the Gumbel noise can
+                       flip) and with two or more mixture weights w above 0.05 (what the next input mixes);
+  identical groups     share of problems whose `samples` completions think identically (same thinking tokens).
 A thinking position is a step decoded while the row is still thinking: every step before the first </think>, and
 the step that emits it. The logits are recomputed by one forward pass over the rollout with the soft inputs rebuilt
 from the stored actions, exactly as sofT_grpo.py's token_logprobs scores them.
@@ -15,6 +21,7 @@ from the stored actions, exactly as sofT_grpo.py's token_logprobs scores them.
   python benchmarks/grpo_thinking_stats.py                          # the default toy base model (built or cached)
   python benchmarks/grpo_thinking_stats.py --problems 200 --samples 4 -- --toy-sft-steps 300
   python benchmarks/grpo_thinking_stats.py -- --model-name-or-path runs/<run>/final
+  python benchmarks/grpo_thinking_stats.py --samples 8 -- --toy-branching --toy-num-ops 3   # issue 23's toy
 Flags after `--` go to sofT_grpo.py's own parser (toy settings, --toy-cache-dir, sampling settings).
 """
 
@@ -34,13 +41,7 @@ def thinking_position_stats(logits, mask, temperature=1.0, top_k=0, top_p=1.0) -
     logits: [B, T, V]; mask: [B, T] bool. With top_k > 0 (or top_p < 1) the distribution is first restricted to its
     top_k ids, renormalised, then cut to the smallest prefix whose mass reaches top_p (the id that crosses top_p
     is kept) and renormalised again, as sofT_grpo.py's topk_topp_probs. Returns floats and the position count."""
-    z = logits[mask].float() / temperature  # [M, V]
-    p = z.softmax(-1)
-    if top_k or top_p < 1.0:
-        p = p.sort(-1, descending=True).values[:, : top_k or p.shape[-1]]  # [M, k]
-        p = p / p.sum(-1, keepdim=True)
-        p = p * (p.cumsum(-1) - p <= top_p)  # mass before this id still below top_p: keep it
-        p = p / p.sum(-1, keepdim=True)
+    p = top_probs(logits, mask, temperature, top_k, top_p)  # [M, V] or [M, k]
     plogp = torch.where(p > 0, p * p.clamp(min=1e-30).log(), torch.zeros_like(p))  # 0 log 0 = 0
     entropy = plogp.sum(-1).neg().abs()  # [M]; abs: a one-hot row gives 0.0, not -0.0
     return {
@@ -50,6 +51,46 @@ def thinking_position_stats(logits, mask, temperature=1.0, top_k=0, top_p=1.0) -
         "frac_top1_above_0.99": (p.max(-1).values > 0.99).float().mean().item(),
         "positions": int(mask.sum()),
     }
+
+
+def top_probs(logits, mask, temperature=1.0, top_k=0, top_p=1.0):
+    """[M, k] descending probabilities at the masked positions: softmax(logits / T), restricted to its top_k ids and
+    renormalised, then cut to the smallest prefix whose mass reaches top_p and renormalised again (the id that crosses
+    top_p is kept), as sofT_grpo.py's topk_topp_probs. logits: [B, T, V]; mask: [B, T] bool."""
+    p = (logits[mask].float() / temperature).softmax(-1)  # [M, V]
+    if top_k or top_p < 1.0:
+        p = p.sort(-1, descending=True).values[:, : top_k or p.shape[-1]]  # [M, k]
+        p = p / p.sum(-1, keepdim=True)
+        p = p * (p.cumsum(-1) - p <= top_p)  # mass before this id still below top_p: keep it
+        p = p / p.sum(-1, keepdim=True)
+    return p
+
+
+def branching_stats(logits, mask, temperature=1.0, threshold=0.05) -> dict:
+    """Branching positions: the masked positions whose second most likely token under softmax(logits / T) has
+    probability >= threshold. Their share of the masked positions, their count and their mean entropy (nats)."""
+    p = top_probs(logits, mask, temperature)  # [M, V]
+    branching = p.topk(2, dim=-1).values[:, 1] >= threshold  # [M]
+    plogp = torch.where(p > 0, p * p.clamp(min=1e-30).log(), torch.zeros_like(p))
+    entropy = plogp.sum(-1).neg().abs()  # [M]
+    mean = entropy[branching].mean().item() if branching.any() else float("nan")
+    return {"share": branching.float().mean().item(), "positions": int(branching.sum()), "entropy": mean}
+
+
+def two_above(weights, threshold=0.05) -> float:
+    """Share of rows of weights [M, k] with two or more entries above threshold."""
+    return ((weights > threshold).sum(-1) >= 2).float().mean().item()
+
+
+def identical_thinking_groups(completion_ids, thinking, group_size: int) -> float:
+    """Share of prompt groups whose G completions emit the same tokens at the same thinking positions.
+
+    completion_ids: [N*G, T]; thinking: [N*G, T] bool. In such a group a categorical log-prob term of the thinking
+    tokens is the same for every rollout, so its GRPO gradient sum_j A_j grad log p vanishes (sum_j A_j = 0)."""
+    hidden = torch.full_like(completion_ids, -1)  # non-thinking positions compare equal
+    ids = torch.where(thinking, completion_ids, hidden).view(-1, group_size, completion_ids.shape[-1])  # [N, G, T]
+    same = (ids == ids[:, :1]).all(-1).all(-1)  # [N]
+    return same.float().mean().item()
 
 
 def thinking_mask(completion_ids, completion_mask, think_end_id):
@@ -104,6 +145,10 @@ def measure(argv_script, problems, samples, seed) -> dict:
     mask = thinking_mask(batch["completion_ids"], batch["completion_mask"], think_end_id)
     logits, weights = rollout_logits(s, model, batch, args.tau_g, args.noise)
     answer = batch["completion_mask"].bool() & ~mask
+    soft = batch["soft_mask"] & batch["completion_mask"].bool()  # [B, T]: the soft thinking positions
+    plus = tok("+", add_special_tokens=False)["input_ids"][-1]
+    after_plus = torch.cat([torch.ones_like(mask[:, :1]), batch["completion_ids"][:, :-1] == plus], 1)  # [B, T]
+    pi = top_probs(logits, soft, args.temperature, args.top_k, args.top_p)  # [M, k]
     return {
         "model": path,
         "completions": len(todo),
@@ -114,6 +159,12 @@ def measure(argv_script, problems, samples, seed) -> dict:
         "soft_token_top1_weight_after_tau_g": weights.max(-1).values.mean().item(),
         # for contrast, the answer phase (after </think>), which both methods sample as discrete tokens
         "answer_full_vocabulary": thinking_position_stats(logits, answer, args.temperature),
+        "branching_positions": branching_stats(logits, mask, args.temperature),
+        "term_positions": thinking_position_stats(logits, mask & after_plus, args.temperature),
+        "soft_positions_two_pi_components_above_0.05": two_above(pi),
+        "soft_positions_two_weights_above_0.05": two_above(weights),
+        "groups_thinking_identically": identical_thinking_groups(batch["completion_ids"], mask, samples),
+        "accuracy": sum(s.math_reward(t, r["answer"]) for t, r in zip(s.decode(tok, batch), todo)) / len(todo),
         "sampling": {k: v for k, v in sampling.items() if k != "think_end_id"},
     }
 

@@ -93,6 +93,29 @@ def grpo_ablation(arms):
     return grid("sofT_grpo.py", variants, None, [1, 2, 3])
 
 
+# Issue 23: the branching-thought toy (the slip RL can remove is made inside <think>). 5 seeds of discrete GRPO,
+# SofT-GRPO and discrete GRPO on SofT-GRPO's top-k 5 / top-p 0.95 rollouts; every final model is also decoded the
+# other way right after its seed trained (stage 2i: seed i's training runs, 2i + 1: their cross-decoding evals, which
+# read the checkpoints), so a sweep cut short has every arm, both decodings, at its first seeds.
+BRANCHING_TOY = "--toy-branching --toy-num-ops 3"
+
+
+def grpo_branching(seeds, steps, eval_every):
+    train = f"{BRANCHING_TOY} --total-steps {steps} --eval-every {eval_every}"
+    discrete = {"grpo": train, "grpo-k5p95": _join(train, "--top-k 5 --top-p 0.95")}
+    runs = []
+    for i, seed in enumerate(seeds):
+        runs += grid("discrete_grpo.py", discrete, None, [seed], stage=2 * i)
+        runs += grid("sofT_grpo.py", {"softgrpo": _join(train, "--eval-settings sofT-grpo")}, None, [seed], stage=2 * i)
+        for name in discrete:  # the discrete checkpoints in SofT-GRPO's own decoding
+            ckpt = f"--model-name-or-path {{ckpt:discrete_grpo__{name}__toy__s{seed}}}"
+            flags = _join("--eval-only", ckpt, "--eval-settings sofT-grpo", BRANCHING_TOY)
+            runs += grid("sofT_grpo.py", {f"eval-of-{name}": flags}, None, [seed], stage=2 * i + 1)
+        flags = f"--eval-only --model-name-or-path {{ckpt:sofT_grpo__softgrpo__toy__s{seed}}} {BRANCHING_TOY}"
+        runs += grid("discrete_grpo.py", {"eval-of-softgrpo": flags}, None, [seed], stage=2 * i + 1)
+    return runs
+
+
 PMOE_TASKS = ["HalfCheetah-v5", "Hopper-v5"]
 PAPER_TASKS = ["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5", "Humanoid-v5", "HumanoidStandup-v5"]
 SAC_METHODS = {  # the six SAC arms of issue 11; gating/mcp need the --policy-type flag of pmoe_sac.py
@@ -160,6 +183,7 @@ GRIDS = {
     "grpo-noise": lambda: grpo_ablation({"noise-dirichlet": "--noise dirichlet", "noise-gaussian": "--noise gaussian"}),
     "grpo-tau": lambda: grpo_ablation({"tau0.25": "--tau-g 0.25", "tau0.5": "--tau-g 0.5"}),
     "grpo-topp": lambda: grpo_ablation({"topp-off": "--top-p 1.0 --answer-top-p 1.0"}),
+    "grpo-branching": lambda: grpo_branching(GRPO_SEEDS, 200, 25),
 }
 
 

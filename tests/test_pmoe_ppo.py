@@ -244,16 +244,51 @@ def test_gating_log_prob_is_one_gaussian_of_weighted_means_and_log_stds():
 
 
 @pytest.mark.parametrize("policy_type", ["pmoe", "gating", "mcp"])
-def test_k1_policy_is_a_single_gaussian(policy_type):
-    g = torch.Generator().manual_seed(5)
-    B, A = 10, 17
-    mean, log_std, action = (torch.randn(B, A, generator=g) for _ in range(3))
-    mix_logits = torch.randn(B, 1, generator=g)  # any logits: w = 1
-    agent = agent_with_experts(policy_type, mix_logits, mean.unsqueeze(1), log_std.unsqueeze(1))
-    _, logprob, entropy, _ = agent.get_action_and_value(torch.zeros(B, 3), action)
-    normal = Normal(mean, log_std.exp())
-    torch.testing.assert_close(logprob, normal.log_prob(action).sum(-1))
-    torch.testing.assert_close(entropy, normal.entropy().sum(-1))
+def test_k1_takes_cleanrl_gaussian_equal_to_the_k_expert_path(policy_type):
+    """K=1 runs CleanRL's own Gaussian lines (no router, no mixture ops). They must equal the K-expert path at K=1:
+    the mixture's log-density and entropy (pmoe) or the composed Gaussian (gating, mcp), the same action draw under
+    the same seed (the mixture's once z = 0 is drawn), and the same evaluation action."""
+    torch.manual_seed(4)
+    agent = pmoe_ppo.Agent(fake_envs(17, 6), 1, policy_type, use_routing=False)
+    with torch.no_grad():  # a distinct std per dimension, and a mean far from 0
+        agent.actor_logstd.normal_()
+        agent.actor_mean[-1].bias.normal_()
+    x = torch.randn(8, 17)
+    mix_logits, means, log_stds = agent.get_experts(x)  # the general path's inputs: [8, 1], [8, 1, 6] x2
+    torch.manual_seed(1)
+    action, logprob, entropy, value = agent.get_action_and_value(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(action, torch.normal(means[:, 0], log_stds[:, 0].exp()), rtol=0, atol=0)
+    if policy_type == "pmoe":
+        expected = pmoe_ppo.mixture_log_prob(action, mix_logits, means, log_stds)
+        expected_entropy = pmoe_ppo.mixture_entropy_bound(mix_logits, log_stds)
+    else:
+        mean, log_std = pmoe_ppo.combine_experts(policy_type, mix_logits, means, log_stds)
+        expected = Normal(mean, log_std.exp()).log_prob(action).sum(-1)
+        expected_entropy = Normal(mean, log_std.exp()).entropy().sum(-1)
+    torch.testing.assert_close(logprob, expected)
+    torch.testing.assert_close(entropy, expected_entropy)
+    torch.testing.assert_close(value, agent.critic(x))
+    for rule in ("argmax", "sample"):
+        torch.testing.assert_close(agent.get_eval_action(x, rule), means[:, 0], rtol=0, atol=0)
+
+
+def test_expert_and_action_draws_are_torch_distributions_draws_under_the_same_seed():
+    """sample_expert is Categorical(logits).sample() without its checks; with K > 1 an action is that expert's
+    Gaussian draw, and its log-prob the mixture's (MixtureSameFamily)."""
+    mix_logits, means, log_stds, _ = random_experts(21, B=500, K=4, A=3)
+    torch.manual_seed(2)
+    ours = pmoe_ppo.sample_expert(mix_logits)
+    torch.manual_seed(2)
+    assert torch.equal(ours, Categorical(logits=mix_logits).sample())
+    agent = agent_with_experts("pmoe", mix_logits, means, log_stds)
+    torch.manual_seed(3)
+    action, logprob, _, _ = agent.get_action_and_value(torch.zeros(500, 3))
+    torch.manual_seed(3)
+    z = Categorical(logits=mix_logits).sample()
+    rows = torch.arange(500)
+    torch.testing.assert_close(action, torch.normal(means[rows, z], log_stds[rows, z].exp()), rtol=0, atol=0)
+    torch.testing.assert_close(logprob, torch_mixture(mix_logits, means, log_stds).log_prob(action))
 
 
 def monte_carlo_entropy(mix_logits, means, log_stds, n=40000):

@@ -626,6 +626,24 @@ def test_same_seed_same_summary(tmp_path, monkeypatch):
             assert runs[0][key] == runs[1][key], key
 
 
+def test_actor_step_skipping_critic_gradients_changes_nothing(tmp_path, monkeypatch):
+    """The actor's backward computes the actor's gradients only (backward(inputs=...)); CleanRL's full backward also
+    fills the critics' .grad, which their next step zeroes unused. Both runs must be identical."""
+    monkeypatch.chdir(tmp_path)
+    settings = dict(TINY, num_experts=2, seed=5, eval_episodes=1)
+    ours = pmoe_sac.main(pmoe_sac.Args(**settings))
+    full_backward = torch.Tensor.backward
+
+    def cleanrl_backward(self, *args, inputs=None, **kwargs):  # drops inputs: every leaf gets its gradient
+        return full_backward(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "backward", cleanrl_backward)
+    cleanrl = pmoe_sac.main(pmoe_sac.Args(**settings, exp_name="full_backward"))
+    for key in ours:
+        if not key.startswith("sps"):  # wall-clock
+            assert ours[key] == cleanrl[key], key
+
+
 def recorded_run(settings, use_compile, workdir):
     """main on settings, recording every parameter and dynamo's new-graph count at each replay sample (before each
     update) and at the end. Inductor draws its own random numbers; fallback_random makes it use eager's generator."""
