@@ -202,9 +202,10 @@ def mixture_log_prob(action, mix_logits, expert_means, expert_logstds):
 
 
 def sample_expert(mix_logits):
-    """z ~ Cat(softmax(mix_logits)): [B, K] -> [B]. The draw of torch's Categorical(logits=...).sample(), without
-    its argument checks (a host sync and ops every step)."""
-    return torch.multinomial(mix_logits.softmax(-1), 1, True).squeeze(-1)
+    """z ~ Cat(softmax(mix_logits)): [B, K] -> [B]. argmax_k w_k / E_k with E_k ~ Exp(1) is the draw torch's
+    Categorical(logits=...).sample() makes (multinomial's one-sample path), without its checks and host syncs."""
+    w = mix_logits.softmax(-1)
+    return (w / torch.empty_like(w).exponential_()).argmax(-1)
 
 
 def mixture_entropy_bound(mix_logits, expert_logstds):
@@ -390,26 +391,25 @@ def keep_outputs(compiled):
 def evaluate(agent, args, obs_rms, eval_expert, device):
     """--eval-episodes mean-action episodes, with the training observation statistics frozen (gymnasium >= 1.0's
     update_running_mean; the fix for CleanRL issues #425/#532). obs_rms: {"mean", "var", "count"} -> returns.
-    torch's generator is forked: evaluating during training leaves the training draws as they were."""
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, 0, False, "", args.gamma)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-    obs_norm = find_wrapper(envs.envs[0], gym.wrappers.NormalizeObservation)
+    torch's generator is forked: evaluating during training leaves the training draws as they were. One env, reset by
+    hand as SAME_STEP autoreset would (unseeded): the vector env's episodes without its per-step bookkeeping."""
+    env = make_env(args.env_id, 0, False, "", args.gamma)()
+    obs_norm = find_wrapper(env, gym.wrappers.NormalizeObservation)
     obs_norm.obs_rms.mean = obs_rms["mean"].numpy().copy()
     obs_norm.obs_rms.var = obs_rms["var"].numpy().copy()
     obs_norm.obs_rms.count = obs_rms["count"].item()
     obs_norm.update_running_mean = False
-    obs, _ = envs.reset(seed=args.seed)
+    obs, _ = env.reset(seed=args.seed)
     episodic_returns = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         torch.manual_seed(args.seed)  # the sampled-expert evaluation gives the same returns from a saved model
         while len(episodic_returns) < args.eval_episodes:
-            action = agent.get_eval_action(torch.Tensor(obs).to(device), eval_expert)
-            obs, _, _, _, infos = envs.step(action.cpu().numpy())
-            if "final_info" in infos and "_episode" in infos["final_info"]:
-                episodic_returns += infos["final_info"]["episode"]["r"][infos["final_info"]["_episode"]].tolist()
-    envs.close()
+            action = agent.get_eval_action(torch.Tensor(obs).to(device).unsqueeze(0), eval_expert)  # [1, A]
+            obs, _, terminated, truncated, info = env.step(action[0].cpu().numpy())
+            if terminated or truncated:
+                episodic_returns.append(float(info["episode"]["r"]))
+                obs, _ = env.reset()
+    env.close()
     return episodic_returns
 
 
@@ -456,6 +456,8 @@ def main(args: Args) -> dict:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    # CleanRL's Normal validates its arguments: ops and a host sync per call; a NaN is caught by the loss check below
+    torch.distributions.Distribution.set_default_validate_args(False)
 
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
@@ -475,7 +477,8 @@ def main(args: Args) -> dict:
     # Q-net and routing loss for PMOE with K > 1 only: K=1 is then CleanRL PPO, gating and mcp are plain PPO
     use_routing = args.policy_type == "pmoe" and args.gradient_estimator == "pmoe" and args.num_experts > 1
     agent = Agent(envs, args.num_experts, args.policy_type, use_routing).to(device)
-    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    # fused: Adam's elementwise ops in one kernel, rounded differently in the last bit (--compile fuses its own)
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=not args.compile)
     act, loss_fn, pmoe_loss_fn, optimizer_step = agent.get_action_and_value, ppo_loss, pmoe_losses, optimizer.step
     if args.compile:  # LeanRL: the same functions, compiled at their first call; shapes never change, so only once
         mode = "reduce-overhead" if args.cudagraphs else None  # inductor's CUDA graphs

@@ -7,7 +7,8 @@ pmoe_sac.py's own networks and estimator. PPO: one minibatch step (64 rows, the 
 pmoe_ppo.py's own Agent, ppo_loss and pmoe_losses, K=1 and K=5; and one acting step (one row) with and without the
 environment. One torch thread. Per item: the wall time (median), the time spent inside matrix products and inside
 all other aten ops (timed per op by a dispatch mode, which adds its own per-op overhead), and the op count.
-Then the same SAC update and PPO minibatch compiled (torch.compile, default mode), interleaved with eager.
+Then the same SAC update and PPO minibatch compiled (torch.compile, default mode), interleaved with eager. As in the
+scripts, eager steps torch's fused Adam and compiled the default Adam compiled.
 
   OMP_NUM_THREADS=1 python benchmarks/rl_speed_profile.py
 """
@@ -75,15 +76,16 @@ def breakdown(name, fn, n):
     return wall
 
 
-def sac_update(num_experts):
-    """CleanRL's update lines on pmoe_sac.py's networks; returns (update, update with compiled parts)."""
+def sac_update(num_experts, fused):
+    """CleanRL's update lines on pmoe_sac.py's networks; returns (update, update with compiled parts). fused: Adam's
+    one-kernel step, as pmoe_sac.py runs eagerly (its --compile runs the default Adam, compiled)."""
     envs = gym.vector.SyncVectorEnv([pmoe_sac.make_env("HalfCheetah-v5", 1, 0, False, "")])
     actor = pmoe_sac.Actor(envs, num_experts)
     qf1, qf2, qf1_target, qf2_target = (pmoe_sac.SoftQNetwork(envs) for _ in range(4))
-    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=1e-3)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=3e-4)
+    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=1e-3, fused=fused)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=3e-4, fused=fused)
     log_alpha = torch.zeros(1, requires_grad=True)
-    a_optimizer = torch.optim.Adam([log_alpha], lr=1e-3)
+    a_optimizer = torch.optim.Adam([log_alpha], lr=1e-3, fused=fused)
     B, obs_dim, A = 256, 17, 6
     obs, next_obs, actions = torch.randn(B, obs_dim), torch.randn(B, obs_dim), torch.rand(B, A) * 2 - 1
     rewards, dones = torch.randn(B), torch.zeros(B)
@@ -103,7 +105,7 @@ def sac_update(num_experts):
         pi, log_pi, route_loss, _ = pmoe_sac.pmoe_estimator(actor, qf1, qf2, obs)
         actor_loss = (alpha * log_pi - torch.min(qf1(obs, pi), qf2(obs, pi))).mean()
         actor_optimizer.zero_grad()
-        (actor_loss + route_loss).backward()
+        (actor_loss + route_loss).backward(inputs=list(actor.parameters()))  # as pmoe_sac.py: no critic gradients
         actor_optimizer.step()
         return log_pi
 
@@ -160,7 +162,8 @@ def stacked_scoring(qf1, qf2, obs, num_experts):
         return two_calls, torch.compile(two_calls), torch.compile(stacked)
 
 
-def ppo_minibatch(num_experts):
+def ppo_minibatch(num_experts, fused):
+    """pmoe_ppo.py's minibatch step and acting; fused as in sac_update."""
     args = pmoe_ppo.Args(num_experts=num_experts)
     args.batch_size, args.minibatch_size = 2048, 64
     envs = gym.vector.SyncVectorEnv(
@@ -168,7 +171,7 @@ def ppo_minibatch(num_experts):
     )
     use_routing = num_experts > 1
     agent = pmoe_ppo.Agent(envs, num_experts, "pmoe", use_routing)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=3e-4, eps=1e-5)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=3e-4, eps=1e-5, fused=fused)
     N = args.batch_size
     b_obs, b_actions = torch.randn(N, 17), torch.randn(N, 6)
     with torch.no_grad():
@@ -235,12 +238,14 @@ def main():
     print("| --- | --- | --- | --- | --- | --- |")
     sac, ppo = {}, {}
     for k in (1, 4):
-        sac[k] = sac_update(k)
+        eager, compiled = sac_update(k, fused=True), sac_update(k, fused=False)
+        sac[k] = (eager[0], compiled[1], eager[2], eager[3])
         breakdown(f"SAC update, K={k}", sac[k][0], 40)
         for name, part in sac[k][2].items():
             breakdown(f"  of which {name}, K={k}", part, 40)
     for k in (1, 5):
-        ppo[k] = ppo_minibatch(k)
+        eager, compiled = ppo_minibatch(k, fused=True), ppo_minibatch(k, fused=False)
+        ppo[k] = (eager[0], compiled[1], eager[2], eager[3], compiled[4])
         breakdown(f"PPO minibatch step, K={k}", ppo[k][0], 100)
         breakdown(f"PPO acting (1 row), K={k}", ppo[k][2], 300)
         breakdown(f"PPO acting + env step, K={k}", ppo[k][3], 300)

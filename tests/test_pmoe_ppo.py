@@ -640,7 +640,8 @@ def recorded_run(settings, use_compile, workdir):
 @pytest.fixture(scope="module", params=[1, 5])
 def eager_and_compiled(request, tmp_path_factory):
     """The same 3-iteration run (one minibatch step per iteration) twice, eager then --compile, on the same seed.
-    Module-scoped: the compile (tens of seconds on a cold cache) is paid once per K."""
+    Module-scoped: the compile (tens of seconds on a cold cache) is paid once per K. Eager steps torch's fused
+    Adam, --compile the default Adam compiled: the comparison also checks that fused Adam is CleanRL's Adam."""
     settings = dict(TINY, total_timesteps=192, num_minibatches=1, update_epochs=1, eval_episodes=1)
     settings["num_experts"] = request.param
     return [recorded_run(settings, use_compile, tmp_path_factory.mktemp("run")) for use_compile in (False, True)]
@@ -679,6 +680,38 @@ def test_eval_only_reproduces_the_end_of_training_evaluation(trained, tmp_path, 
     again = pmoe_ppo.main(pmoe_ppo.Args(eval_only=True, model_path=model_path, eval_episodes=2))
     for key in ("eval/episodic_return_argmax", "eval/episodic_return_sample"):
         assert again[key] == pytest.approx(summary[key])
+
+
+def vector_env_evaluate(agent, args, obs_rms, eval_expert):
+    """The reference: the evaluation as one SAME_STEP SyncVectorEnv, the finished episodes read from "final_info"."""
+    envs = gym.vector.SyncVectorEnv(
+        [pmoe_ppo.make_env(args.env_id, 0, False, "", args.gamma)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    rms = pmoe_ppo.find_wrapper(envs.envs[0], gym.wrappers.NormalizeObservation)
+    rms.obs_rms.mean, rms.obs_rms.var = obs_rms["mean"].numpy().copy(), obs_rms["var"].numpy().copy()
+    rms.obs_rms.count, rms.update_running_mean = obs_rms["count"].item(), False
+    obs, _ = envs.reset(seed=args.seed)
+    returns = []
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(args.seed)
+        while len(returns) < args.eval_episodes:
+            obs, _, _, _, infos = envs.step(agent.get_eval_action(torch.Tensor(obs), eval_expert).numpy())
+            if "final_info" in infos and "_episode" in infos["final_info"]:
+                returns += infos["final_info"]["episode"]["r"][infos["final_info"]["_episode"]].tolist()
+    return returns
+
+
+@pytest.mark.parametrize("eval_expert", ["argmax", "sample"])
+def test_one_env_evaluation_plays_the_vector_env_episodes(trained, eval_expert):
+    """evaluate() steps one env and resets it by hand: the same episodes (returns) as the vector env it replaced.
+    Hopper-v5 ends episodes early (terminations), so 6 episodes cross several resets. Planted: reset(seed=...) at
+    every episode; red."""
+    _, agent, _, model_path = trained
+    stats = torch.load(model_path, weights_only=True)["obs_rms"]
+    args = pmoe_ppo.Args(**TINY, eval_episodes=6)
+    ours = pmoe_ppo.evaluate(agent, args, stats, eval_expert, torch.device("cpu"))
+    assert ours == vector_env_evaluate(agent, args, stats, eval_expert)
+    assert len(set(ours)) == 6  # six different episodes, not one replayed
 
 
 def test_evaluate_freezes_the_given_observation_statistics(trained, monkeypatch):
