@@ -184,6 +184,7 @@ GRIDS = {
     "grpo-tau": lambda: grpo_ablation({"tau0.25": "--tau-g 0.25", "tau0.5": "--tau-g 0.5"}),
     "grpo-topp": lambda: grpo_ablation({"topp-off": "--top-p 1.0 --answer-top-p 1.0"}),
     "grpo-branching": lambda: grpo_branching(GRPO_SEEDS, 200, 25),
+    "grpo-branching-600": lambda: grpo_branching(GRPO_SEEDS, 600, 50),  # until SofT-GRPO flattens (issue 23)
 }
 
 
