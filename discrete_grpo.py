@@ -371,9 +371,10 @@ def main(args: Args) -> dict:
         for r in eval_rows:
             todo += [r] * n
         max_new, chunk = args.eval_max_new_tokens or args.max_new_tokens, args.rollout_batch_size
+        eval_generator = torch.Generator(device).manual_seed(args.seed)  # its own draws: training's stay as they were
         sampling = dict(temperature=args.eval_temperature, top_k=args.eval_top_k, top_p=args.eval_top_p)
         with autocast(args, device):
-            out = generate(model.eval(), tok, todo, chunk, max_new, stop_ids, generator, **sampling)
+            out = generate(model.eval(), tok, todo, chunk, max_new, stop_ids, eval_generator, **sampling)
         counts = correct_counts(decode(tok, out), todo, n)
         res = grade(counts, n, args.eval_grader)
         for k, v in res.items():

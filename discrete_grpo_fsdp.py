@@ -432,9 +432,10 @@ def main(args: Args) -> dict:
         for r in eval_rows[rank::world]:
             todo += [r] * n
         max_new, chunk = args.eval_max_new_tokens or args.max_new_tokens, args.rollout_batch_size
+        eval_generator = torch.Generator(device).manual_seed(args.seed)  # its own draws: training's stay as they were
         sampling = dict(temperature=args.eval_temperature, top_k=args.eval_top_k, top_p=args.eval_top_p)
         with full_weights(model.eval()), autocast(args, device, world):
-            out = generate(model, tok, todo, chunk, max_new, stop_ids, generator, compiled, **sampling)
+            out = generate(model, tok, todo, chunk, max_new, stop_ids, eval_generator, compiled, **sampling)
         counts = correct_counts(decode(tok, out), todo, n)
         if world > 1:
             shares = [None] * world

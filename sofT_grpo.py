@@ -479,11 +479,12 @@ def main(args: Args) -> dict:
         for r in eval_rows:
             todo += [r] * n
         max_new, chunk = args.eval_max_new_tokens or args.max_new_tokens, args.rollout_batch_size
+        eval_generator = torch.Generator(device).manual_seed(args.seed)  # its own draws: training's stay as they were
         res = {}
         for name in args.eval_settings:
             sampling = dict(EVAL_SETTINGS[name], think_end_id=think_end_id)
             with autocast(args, device):
-                out = generate(model.eval(), tok, todo, chunk, max_new, stop_ids, generator, **sampling)
+                out = generate(model.eval(), tok, todo, chunk, max_new, stop_ids, eval_generator, **sampling)
             counts = correct_counts(decode(tok, out), todo, n)
             for k, v in grade(counts, n, args.eval_grader).items():
                 res[f"{name}/{k}"] = v

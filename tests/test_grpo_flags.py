@@ -68,3 +68,22 @@ def test_soft_flags_reach_the_old_and_the_new_log_probs(M, flags, tmp_path, monk
     logp, logp_old = losses[0][0][:2]  # the first micro-batch of the first mini-batch: nothing has stepped yet
     mask = losses[0][0][4].bool()
     assert torch.equal(logp[mask], logp_old[mask])  # ratio exactly 1
+
+
+@pytest.mark.parametrize("M", [discrete_grpo, discrete_grpo_fsdp, sofT_grpo, sofT_grpo_fsdp], ids=lambda m: m.__name__)
+def test_evaluating_during_training_leaves_the_training_run_unchanged(M, tmp_path):
+    """An evaluation at step 1 (--eval-every 1) must not move training's sampling draws: step 2 then samples the
+    same completions and logs the same numbers as a run that evaluates only before and after. Planted: evaluation
+    sampling from the training generator (the code before this test); red."""
+    cache, runs = str(tmp_path / "cache"), []
+    for eval_every in (0, 1):
+        with pytest.MonkeyPatch.context() as mp:
+            calls = record(mp, M, "generate")  # evaluations and training rollouts
+            args = M.Args(**dict(TINY, total_steps=2), eval_every=eval_every, toy_cache_dir=cache)
+            summary = M.main(M.replace(args, output_dir=str(tmp_path)))
+        train = [out for a, _, out in calls if len(a[2]) == args.prompts_per_step * args.group_size]  # not evals
+        assert len(train) == 2 and len(calls) > 2 + eval_every  # two rollouts; evaluations before, (at 1,) after
+        logged = {k: v for k, v in summary.items() if k in ("reward", "loss", "kl", "completions/mean_length")}
+        runs.append((train[1]["completion_ids"], logged))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert runs[0][1] and runs[0][1] == runs[1][1]
