@@ -11,6 +11,8 @@ gives, for each model x decoding, Pass@k as the mean over seeds with a 95% boots
 values, the training rollouts' mean completion length, and Pass@1 / Pass@8 against the training step with CI bands:
     python benchmarks/grpo_report.py benchmarks/runs/grpo_toy --seeds --png docs/img/grpo_pass_at_k_vs_step.png \\
         --md benchmarks/results_grpo_seeds.md
+With --t: t-intervals, exact permutation tests, and whether each arm's Pass@1 has flattened (its slope over the
+last third of the steps, per seed; "flat" when the whole 95% interval lies inside +-2 points per 100 steps).
 A model is "base" (step 0 of a training run, or an eval-only run of the toy base model), or the method of the run
 that trained it (its last step, or an eval-only run of its final checkpoint). A decoding is "discrete"
 (discrete_grpo.py's eval: T 0.6, top-k 30, top-p 0.95) or the name of a sofT_grpo.py eval setting.
@@ -226,6 +228,42 @@ def comparison(table, ks, treated, control, t=False):
 
 
 K5 = "discrete_grpo:grpo-k5p95"  # issue 23's third arm
+ARMS = [("discrete_grpo:grpo", "discrete"), ("sofT_grpo:softgrpo", "sofT-grpo"), (K5, "discrete")]  # own decodings
+
+
+def late_slope(entries, model, decoding, k=1, fraction=1 / 3):
+    """Has Pass@k flattened? Per seed, the least-squares slope of Pass@k over the evaluations in the last `fraction`
+    of the steps every seed reached, in points per 100 steps. Returns (steps fitted, slopes per seed)."""
+    by_seed = defaultdict(dict)
+    seeds = {e["seed"] for e in entries if e["model"] == model and e["decoding"] == decoding}
+    for e in entries:
+        if e["step"] is not None and e["model"] in ("base", model) and e["decoding"] == decoding and k in e["passk"]:
+            if e["seed"] in seeds:
+                by_seed[e["seed"]][e["step"]] = e["passk"][k]
+    if not by_seed:
+        return [], []
+    last = min(max(steps) for steps in by_seed.values())  # the last step that every seed reached
+    fitted = sorted({s for steps in by_seed.values() for s in steps if (1 - fraction) * last - 1e-9 <= s <= last})
+    slopes = [100 * 100 * np.polyfit(fitted, [by_seed[s][x] for x in fitted], 1)[0] for s in sorted(by_seed)]
+    return fitted, slopes
+
+
+def plateau_markdown(entries, k=1, margin=2.0):
+    """Markdown lines: each arm's late slope, mean over seeds with a 95% t-interval, and whether it still moves.
+    "flat" needs the whole interval inside +-margin points per 100 steps (an equivalence test, not a missing rise)."""
+    out = [f"| model, decoding | seeds | steps fitted | Pass@{k} slope, points per 100 steps | verdict |"]
+    out.append("|---|---|---|---|---|")
+    for model, decoding in ARMS:
+        fitted, slopes = late_slope(entries, model, decoding, k)
+        if len(slopes) < 2 or len(fitted) < 3:
+            continue
+        lo, hi = t_interval(slopes)
+        trend = "still rising" if lo > 0 else "still falling" if hi < 0 else "undecided (CI covers 0)"
+        trend = f"flat (CI inside +-{margin:g})" if -margin < lo and hi < margin else trend
+        cell = f"{np.mean(slopes):+.2f} [{lo:+.2f}, {hi:+.2f}]"
+        span = f"{fitted[0]}-{fitted[-1]} ({len(fitted)} evals)"
+        out.append(f"| {row_name(model, decoding)} | {len(slopes)} | {span} | {cell} | {trend} |")
+    return out if len(out) > 2 else []
 
 
 def seeds_markdown(entries, lengths, t=False):
@@ -259,6 +297,13 @@ def seeds_markdown(entries, lengths, t=False):
         out += ["", f"Differences in points (mean over seeds, {how}):", ""]
         out += ["| comparison | seeds | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
         out += diffs
+    plateau = plateau_markdown(entries) if t else []
+    if plateau:
+        out += [
+            "",
+            "Has Pass@1 flattened? The slope over the last third of the steps, fitted per seed (95% t-interval):",
+        ]
+        out += [""] + plateau
     if lengths:
         out += [
             "",
@@ -392,8 +437,7 @@ def main(argv=None):
                 begin, end = f"<!-- grpo_report:{args.section}:begin -->", f"<!-- grpo_report:{args.section}:end -->"
             write_section(args.md, text, begin, end)
         if args.png:
-            arms = [("discrete_grpo:grpo", "discrete"), ("sofT_grpo:softgrpo", "sofT-grpo"), (K5, "discrete")]
-            plot_curves(entries, arms, [1, 8], args.png, args.t)
+            plot_curves(entries, ARMS, [1, 8], args.png, args.t)
             print(f"\ncurves: {args.png}")
         return entries
     if args.last:

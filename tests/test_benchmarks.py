@@ -553,6 +553,56 @@ def test_grpo_report_seed_means_cis_and_curves_equal_hand_computations(tmp_path)
     assert mean == pytest.approx(expected)
 
 
+def test_late_slope_fits_the_last_third_per_seed_and_calls_the_trend():
+    steps = list(range(0, 601, 50))
+
+    def entries_of(model, decoding, curves):  # curves: {seed: f(step) -> Pass@1}; step 0 is the base model
+        return [
+            dict(model="base" if x == 0 else model, decoding=decoding, step=x, seed=seed, passk={1: f(x)})
+            for seed, f in curves.items()
+            for x in steps
+        ]
+
+    flat = {  # rise until step 400, then flat up to +-1 point: nothing left to learn in the last third
+        1: lambda x: 0.3 + 0.001 * min(x, 400) + (0.01 if x == 500 else 0),
+        2: lambda x: 0.3 + 0.001 * min(x, 400) - (0.01 if x == 450 else 0),
+        3: lambda x: 0.3 + 0.001 * min(x, 400),
+    }
+    rising = {s: (lambda x, s=s: 0.2 + (0.0008 + 0.0001 * s) * x) for s in (1, 2, 3)}  # 9, 10, 11 points / 100 steps
+    entries = entries_of("discrete_grpo:grpo", "discrete", flat) + entries_of("sofT_grpo:softgrpo", "sofT-grpo", rising)
+    fitted, slopes = grpo_report.late_slope(entries, "sofT_grpo:softgrpo", "sofT-grpo")
+    assert fitted == [400, 450, 500, 550, 600]  # the last third of 600 steps
+    assert slopes == pytest.approx([9.0, 10.0, 11.0])
+    fitted, slopes = grpo_report.late_slope(entries, "discrete_grpo:grpo", "discrete")
+    x = np.array(fitted, dtype=float)
+    for seed, slope in zip((1, 2, 3), slopes):  # least squares by hand: cov(x, y) / var(x), in points per 100 steps
+        y = np.array([flat[seed](v) for v in fitted])
+        assert slope == pytest.approx(1e4 * ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+    assert slopes[2] == pytest.approx(0.0, abs=1e-9)
+    lines = "\n".join(grpo_report.plateau_markdown(entries))
+    lo, hi = t_interval_by_hand(slopes)
+    assert (
+        f"| GRPO, discrete | 3 | 400-600 (5 evals) | {np.mean(slopes):+.2f} [{lo:+.2f}, {hi:+.2f}] | flat (CI inside +-2)"
+        in lines
+    )
+    assert "| SofT-GRPO, soft | 3 | 400-600 (5 evals) | +10.00 [" in lines and "still rising" in lines
+    noisy = entries_of(
+        "discrete_grpo:grpo", "discrete", {s: (lambda x, s=s: 0.5 + 0.0004 * (s - 2) * x) for s in (1, 2, 3)}
+    )
+    assert "0.00 [-9.94, +9.94] | undecided (CI covers 0) |" in "\n".join(grpo_report.plateau_markdown(noisy))
+    # a seed that stopped at step 500: the fit ends at the last step every seed reached
+    short = [e for e in entries if not (e["seed"] == 3 and e["step"] > 500)]
+    assert grpo_report.late_slope(short, "sofT_grpo:softgrpo", "sofT-grpo")[0] == [350, 400, 450, 500]
+
+
+def t_interval_by_hand(values):
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return v.mean() - half, v.mean() + half
+
+
 # ---------------------------------------------------------------- thinking-position statistics
 
 
