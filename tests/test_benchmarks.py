@@ -240,7 +240,7 @@ def test_rl_report_step_auc_final_eval_tests_and_tables(tmp_path):
         x, y = table[task]["sac:K4"], table[task]["sac:K1"]
         difference, p = np.mean(x) - np.mean(y), rl_report.permutation_p(x, y)
         line = f"| {task} | train AUC | sac:K4 | sac:K1 | 2 vs 2 | {difference:+.0f} | {p:.3f} | cannot be told apart |"
-        assert line in text
+        assert line + " 1.000 |" in text  # Holm over the table's tests: p = 1/3 is 1 in a family of 3 or more
     iqms = rl_report.iqm_with_ci(table)
     for (task, method), (iqm, lo, hi, n) in iqms.items():  # 2 runs: rliable's IQM trims nothing, the mean
         assert iqm == pytest.approx(np.mean(table[task][method])) and n == 2 and lo <= iqm <= hi
@@ -252,6 +252,14 @@ def test_rl_report_step_auc_final_eval_tests_and_tables(tmp_path):
         assert lo <= p <= hi
     assert text.startswith("# Results\n\nprose\n\n<!-- rl_report:begin -->") and text.endswith("more prose\n")
     assert "\nold\n" not in text
+
+
+def test_holm_adjustment_by_hand():
+    # sorted: 0.01 x 4 = 0.04; 0.03 x 3 = 0.09; 0.04 x 2 = 0.08, raised to the running 0.09; 0.5 x 1 = 0.5
+    assert rl_report.holm([0.04, 0.01, 0.5, 0.03]) == pytest.approx([0.09, 0.04, 0.5, 0.09])
+    assert rl_report.holm([0.3, 0.6]) == pytest.approx([0.6, 0.6])  # 0.3 x 2 = 0.6; 0.6 x 1, kept at 0.6
+    assert rl_report.holm([0.4, 0.7]) == pytest.approx([0.8, 0.8])  # 0.4 x 2; 0.7 raised to 0.8; capped at 1 below
+    assert rl_report.holm([0.6, 0.9]) == [1.0, 1.0]
 
 
 def rl_report_labels(rows, tmp_path):
@@ -321,7 +329,10 @@ def test_trailing_mean_and_curve_band_by_hand():
     curves = [(np.array([0.0, 10.0]), np.array([0.0, 10.0])), (np.array([0.0, 10.0]), np.array([2.0, 2.0]))]
     mean, band = rl_report.mean_curve_with_ci(curves, np.array([0.0, 5.0, 10.0]))
     assert mean.tolist() == [1.0, 3.5, 6.0]  # runs interpolated at the grid, then averaged
-    assert band[0, 1] == pytest.approx(2.0) and band[1, 1] == pytest.approx(5.0)  # 2 runs: only 2, 3.5, 5 occur
+    half = 12.7062047 * np.std([5.0, 2.0], ddof=1) / np.sqrt(2)  # t_{0.975, 1} = 12.706: a 2-run band is wide
+    assert band[:, 1] == pytest.approx([3.5 - half, 3.5 + half])
+    mean, band = rl_report.mean_curve_with_ci(curves[:1], np.array([0.0, 5.0, 10.0]))
+    assert band.tolist() == [[0.0, 5.0, 10.0], [0.0, 5.0, 10.0]]  # one run: its curve, no band
 
 
 class TwoExpertActor(torch.nn.Module):
