@@ -163,7 +163,7 @@ def pmoe_evidence(seeds):
     runs += grid("pmoe_sac.py", long_pair, ["Hopper-v5"], seeds, stage=3)
     others = {k: _join(v, sac) for k, v in SAC_METHODS.items() if k not in ("K1", "K4")}
     runs += grid("pmoe_sac.py", others, ["HalfCheetah-v5"], seeds, stage=4)
-    return runs
+    return sorted(runs, key=lambda r: (r.stage, r.labels["seed"]))  # seed by seed: a cut-short stage has pairs
 
 
 GRIDS = {

@@ -83,6 +83,9 @@ def test_pmoe_evidence_grid_runs_the_issue_22_arms_in_priority_order(tmp_path, c
     assert by_stage[3] == {("pmoe_sac:K1-200k", "Hopper-v5"), ("pmoe_sac:K4-200k", "Hopper-v5")}
     assert {m for m, _ in by_stage[4]} == {f"pmoe_sac:{m}" for m in ("gumbel", "reinforce", "gating", "mcp")}
     assert len(runs) == 5 * (4 + 4 + 1 + 2 + 4) and len({r.key for r in runs}) == len(runs)
+    stage1 = [r for r in runs if r.stage == 1]  # in seed order, so a stage cut short has K1 and K4 at its first seeds
+    assert [r.labels["seed"] for r in stage1] == [s for s in range(1, 6) for _ in range(4)]
+    assert [r.stage for r in runs] == sorted(r.stage for r in runs)
     for r in runs:  # every run has an evaluation curve; only the label-noise arm changes the label
         command = " ".join(r.argv)
         assert "--eval-every" in command and ("--label-samples 8" in command) == (
