@@ -389,28 +389,27 @@ def keep_outputs(compiled):
 
 
 def evaluate(agent, args, obs_rms, eval_expert, device):
-    """--eval-episodes mean-action episodes, with the training observation statistics frozen (gymnasium >= 1.0's
-    update_running_mean; the fix for CleanRL issues #425/#532). obs_rms: {"mean", "var", "count"} -> returns.
-    torch's generator is forked: evaluating during training leaves the training draws as they were. One env, reset by
-    hand as SAME_STEP autoreset would (unseeded): the vector env's episodes without its per-step bookkeeping."""
-    env = make_env(args.env_id, 0, False, "", args.gamma)()
-    obs_norm = find_wrapper(env, gym.wrappers.NormalizeObservation)
-    obs_norm.obs_rms.mean = obs_rms["mean"].numpy().copy()
-    obs_norm.obs_rms.var = obs_rms["var"].numpy().copy()
-    obs_norm.obs_rms.count = obs_rms["count"].item()
-    obs_norm.update_running_mean = False
-    obs, _ = env.reset(seed=args.seed)
-    episodic_returns = []
+    """--eval-episodes mean-action episodes, one env each (episode i from reset(seed=args.seed + i)), stepped in
+    lockstep: one batched forward per step. Observations are normalised by hand as NormalizeObservation and the clip
+    do, with the training statistics frozen (the fix for CleanRL issues #425/#532): the training env's other wrappers
+    cost twice the MuJoCo step and evaluation needs none. torch's generator is forked: evaluating during training
+    leaves the training draws as they were. obs_rms: {"mean", "var", "count"} -> returns."""
+    envs = [gym.wrappers.FlattenObservation(gym.make(args.env_id)) for _ in range(args.eval_episodes)]
+    mean, var = obs_rms["mean"].numpy(), obs_rms["var"].numpy()  # float32, as the wrapper keeps them
+    low, high = envs[0].action_space.low, envs[0].action_space.high
+    obs = np.stack([env.reset(seed=args.seed + i)[0] for i, env in enumerate(envs)])  # [N, O]
+    returns, running = np.zeros(len(envs)), np.ones(len(envs), dtype=bool)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         torch.manual_seed(args.seed)  # the sampled-expert evaluation gives the same returns from a saved model
-        while len(episodic_returns) < args.eval_episodes:
-            action = agent.get_eval_action(torch.Tensor(obs).to(device).unsqueeze(0), eval_expert)  # [1, A]
-            obs, _, terminated, truncated, info = env.step(action[0].cpu().numpy())
-            if terminated or truncated:
-                episodic_returns.append(float(info["episode"]["r"]))
-                obs, _ = env.reset()
-    env.close()
-    return episodic_returns
+        while running.any():
+            x = np.clip(np.float32((obs - mean) / np.sqrt(var + 1e-8)), -10, 10)  # the wrappers' arithmetic [N, O]
+            actions = agent.get_eval_action(torch.Tensor(x).to(device), eval_expert).cpu().numpy()  # [N, A]
+            for i in np.flatnonzero(running):  # finished rows stay in the batch: the expert draws keep their order
+                obs[i], reward, terminated, truncated, _ = envs[i].step(np.clip(actions[i], low, high))
+                returns[i], running[i] = returns[i] + reward, not (terminated or truncated)
+    for env in envs:
+        env.close()
+    return returns.tolist()
 
 
 def log_evaluation(agent, args, obs_rms, writer, step, device):

@@ -368,20 +368,24 @@ def keep_outputs(compiled):
 @torch.no_grad()
 def evaluate(actor, env_id, eval_episodes, seed, eval_expert, device):
     """Mean-action evaluation: each step, the mean action of expert argmax w(s) or of z ~ Cat(w(s)) drawn anew (official
-    MakeDeterministic drops the Gaussian noise, not the expert draw). torch's generator is forked and seeded: the
-    draws repeat from a saved model, and evaluating during training leaves the training draws as they were."""
-    env, returns = gym.make(env_id), []
+    MakeDeterministic drops the Gaussian noise, not the expert draw). Episode i has its own env, reset(seed=seed + i),
+    all stepped in lockstep: one batched forward per step. torch's generator is forked and seeded: the draws repeat
+    from a saved model, and evaluating during training leaves the training draws as they were."""
+    envs = [gym.make(env_id) for _ in range(eval_episodes)]
+    obs = np.array([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])  # [N, O]
+    returns, running = np.zeros(eval_episodes), np.ones(eval_episodes, dtype=bool)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for episode in range(eval_episodes):
-            (obs, _), done, returns = env.reset(seed=seed + episode), False, returns + [0.0]
-            while not done:
-                mix_logits, means, _ = actor(torch.tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
-                z = sample_expert(mix_logits) if eval_expert == "sample" else mix_logits.argmax(-1)
-                obs, reward, termination, truncation, _ = env.step(actor.squash(pick(means, z))[0].cpu().numpy())
-                returns[-1], done = returns[-1] + float(reward), termination or truncation
-    env.close()
-    return returns
+        while running.any():  # finished rows stay in the batch: the expert draws keep their order
+            mix_logits, means, _ = actor(torch.tensor(obs, dtype=torch.float32, device=device))
+            z = sample_expert(mix_logits) if eval_expert == "sample" else mix_logits.argmax(-1)
+            actions = actor.squash(pick(means, z)).cpu().numpy()  # [N, A]
+            for i in np.flatnonzero(running):
+                obs[i], reward, termination, truncation, _ = envs[i].step(actions[i])
+                returns[i], running[i] = returns[i] + reward, not (termination or truncation)
+    for env in envs:
+        env.close()
+    return returns.tolist()
 
 
 def evaluate_saved(args, device):

@@ -4,6 +4,7 @@ K >= 3). A few short real training runs (seconds each, named `*_run_*`) check th
 first minibatch sees a ratio of exactly 1, that the checkpoint holds the trained weights and that evaluation is
 reproducible. Subprocess tests (`*_subprocess_*`) check the CLI, bad input and the recorded video."""
 
+import copy
 import dataclasses
 import glob
 import math
@@ -683,67 +684,49 @@ def test_eval_only_reproduces_the_end_of_training_evaluation(trained, tmp_path, 
 
 
 def vector_env_evaluate(agent, args, obs_rms, eval_expert):
-    """The reference: the evaluation as one SAME_STEP SyncVectorEnv, the finished episodes read from "final_info"."""
+    """The reference: N sub-envs of the training env (every wrapper, normalisation frozen) in one SAME_STEP
+    SyncVectorEnv seeded args.seed (sub-env i: args.seed + i); each sub-env's first episode, from "final_info"."""
+    n = args.eval_episodes
     envs = gym.vector.SyncVectorEnv(
-        [pmoe_ppo.make_env(args.env_id, 0, False, "", args.gamma)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+        [pmoe_ppo.make_env(args.env_id, 0, False, "", args.gamma)] * n,
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    rms = pmoe_ppo.find_wrapper(envs.envs[0], gym.wrappers.NormalizeObservation)
-    rms.obs_rms.mean, rms.obs_rms.var = obs_rms["mean"].numpy().copy(), obs_rms["var"].numpy().copy()
-    rms.obs_rms.count, rms.update_running_mean = obs_rms["count"].item(), False
+    for env in envs.envs:
+        rms = pmoe_ppo.find_wrapper(env, gym.wrappers.NormalizeObservation)
+        rms.obs_rms.mean, rms.obs_rms.var = obs_rms["mean"].numpy().copy(), obs_rms["var"].numpy().copy()
+        rms.obs_rms.count, rms.update_running_mean = obs_rms["count"].item(), False
     obs, _ = envs.reset(seed=args.seed)
-    returns = []
+    returns = [None] * n
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(args.seed)
-        while len(returns) < args.eval_episodes:
+        while None in returns:
             obs, _, _, _, infos = envs.step(agent.get_eval_action(torch.Tensor(obs), eval_expert).numpy())
             if "final_info" in infos and "_episode" in infos["final_info"]:
-                returns += infos["final_info"]["episode"]["r"][infos["final_info"]["_episode"]].tolist()
+                for i in np.flatnonzero(infos["final_info"]["_episode"]):
+                    if returns[i] is None:
+                        returns[i] = float(infos["final_info"]["episode"]["r"][i])
     return returns
 
 
 @pytest.mark.parametrize("eval_expert", ["argmax", "sample"])
-def test_one_env_evaluation_plays_the_vector_env_episodes(trained, eval_expert):
-    """evaluate() steps one env and resets it by hand: the same episodes (returns) as the vector env it replaced.
-    Hopper-v5 ends episodes early (terminations), so 6 episodes cross several resets. Planted: reset(seed=...) at
-    every episode; red."""
+def test_lockstep_evaluation_plays_the_training_env_episodes(trained, eval_expert):
+    """evaluate() steps N bare envs in lockstep and normalises by hand: the same episodes (returns) as N sub-envs
+    of the training env with every wrapper. Hopper-v5 ends episodes at different steps. Planted: every env reset
+    with args.seed; the observation clip dropped; the normalisation's epsilon dropped; the action clip dropped: red."""
     _, agent, _, model_path = trained
     stats = torch.load(model_path, weights_only=True)["obs_rms"]
+    before = {key: value.clone() for key, value in stats.items()}
     args = pmoe_ppo.Args(**TINY, eval_episodes=6)
     ours = pmoe_ppo.evaluate(agent, args, stats, eval_expert, torch.device("cpu"))
     assert ours == vector_env_evaluate(agent, args, stats, eval_expert)
     assert len(set(ours)) == 6  # six different episodes, not one replayed
-
-
-def test_evaluate_freezes_the_given_observation_statistics(trained, monkeypatch):
-    """evaluate() must normalise with the saved statistics and leave them untouched while it runs."""
-    _, agent, _, model_path = trained
-    stats = torch.load(model_path, weights_only=True)["obs_rms"]
-    seen = []
-    original = pmoe_ppo.find_wrapper
-
-    def spy_find_wrapper(env, wrapper_class):
-        wrapper = original(env, wrapper_class)
-        if wrapper_class is gym.wrappers.NormalizeObservation:
-            seen.append(wrapper)
-        return wrapper
-
-    monkeypatch.setattr(pmoe_ppo, "find_wrapper", spy_find_wrapper)
-    rules = []
-    original_action = agent.get_eval_action
-
-    def spy_eval_action(x, eval_expert):
-        rules.append(eval_expert)
-        return original_action(x, eval_expert)
-
-    monkeypatch.setattr(agent, "get_eval_action", spy_eval_action)
-    args = pmoe_ppo.Args(**TINY, eval_episodes=2)
-    returns = pmoe_ppo.evaluate(agent, args, stats, "argmax", torch.device("cpu"))
-    assert len(returns) == 2 and all(math.isfinite(r) for r in returns)  # one env: episodes end one at a time
-    assert set(rules) == {"argmax"}
-    rms = seen[0].obs_rms
-    np.testing.assert_array_equal(rms.mean, stats["mean"].numpy())
-    np.testing.assert_array_equal(rms.var, stats["var"].numpy())
-    assert rms.count == stats["count"].item()
+    assert all(torch.equal(stats[key], before[key]) for key in stats)  # the saved statistics are read, not updated
+    loud = copy.deepcopy(agent)  # mean actions far outside [-1, 1]: the action clip must act as ClipAction does
+    with torch.no_grad():
+        loud.actor_mean[-1].weight.mul_(300)
+    assert pmoe_ppo.evaluate(loud, args, stats, eval_expert, torch.device("cpu")) == vector_env_evaluate(
+        loud, args, stats, eval_expert
+    )
 
 
 def test_periodic_evaluation_logs_at_rollout_boundaries_and_leaves_training_unchanged(tmp_path, monkeypatch):

@@ -811,3 +811,35 @@ def test_non_finite_loss_stops_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(pmoe_sac, "pmoe_estimator", diverging)
     with pytest.raises(SystemExit, match="non-finite loss at global_step=200"):
         pmoe_sac.main(pmoe_sac.Args(**TINY))
+
+
+@pytest.mark.parametrize("eval_expert", ["argmax", "sample"])
+def test_lockstep_evaluation_plays_one_seeded_episode_per_env(eval_expert):
+    """evaluate() steps N envs in lockstep: the returns of the reference, a SAME_STEP SyncVectorEnv reset with `seed`
+    (sub-env i: seed + i) that keeps each sub-env's first episode, with the same batched forward and expert draws.
+    Hopper-v5's episodes end at different steps. Planted: every env reset with `seed`; a finished env stepped again:
+    red."""
+    envs = gym.vector.SyncVectorEnv([pmoe_sac.make_env("Hopper-v5", 1, 0, False, "")])
+    torch.manual_seed(0)
+    actor = pmoe_sac.Actor(envs, 3, "pmoe")
+    with torch.no_grad():  # a random actor whose experts differ: argmax and sampled experts act differently
+        for p in actor.parameters():
+            p.mul_(3)
+    ours = pmoe_sac.evaluate(actor, "Hopper-v5", 5, 7, eval_expert, torch.device("cpu"))
+    ref_envs = gym.vector.SyncVectorEnv(
+        [lambda: gym.make("Hopper-v5")] * 5, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    obs, _ = ref_envs.reset(seed=7)
+    returns, reference = np.zeros(5), [None] * 5
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(7)
+        while None in reference:
+            mix_logits, means, _ = actor(torch.tensor(obs, dtype=torch.float32))
+            z = Categorical(logits=mix_logits).sample() if eval_expert == "sample" else mix_logits.argmax(-1)
+            obs, reward, terminated, truncated, _ = ref_envs.step(actor.squash(means[torch.arange(5), z]).numpy())
+            returns += reward
+            for i in np.flatnonzero(terminated | truncated):
+                reference[i] = returns[i] if reference[i] is None else reference[i]
+                returns[i] = 0.0
+    assert ours == reference
+    assert len(set(ours)) == 5 and len(set(np.round(ours, 3))) == 5  # five different episodes
