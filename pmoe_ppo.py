@@ -407,9 +407,7 @@ def evaluate(agent, args, obs_rms, eval_expert, device):
             for i in np.flatnonzero(running):  # finished rows stay in the batch: the expert draws keep their order
                 obs[i], reward, terminated, truncated, _ = envs[i].step(np.clip(actions[i], low, high))
                 returns[i], running[i] = returns[i] + reward, not (terminated or truncated)
-    for env in envs:
-        env.close()
-    return returns.tolist()
+    return returns.tolist()  # bare MuJoCo envs hold no renderer: nothing to close
 
 
 def log_evaluation(agent, args, obs_rms, writer, step, device):

@@ -368,9 +368,8 @@ def keep_outputs(compiled):
 @torch.no_grad()
 def evaluate(actor, env_id, eval_episodes, seed, eval_expert, device):
     """Mean-action evaluation: each step, the mean action of expert argmax w(s) or of z ~ Cat(w(s)) drawn anew (official
-    MakeDeterministic drops the Gaussian noise, not the expert draw). Episode i has its own env, reset(seed=seed + i),
-    all stepped in lockstep: one batched forward per step. torch's generator is forked and seeded: the draws repeat
-    from a saved model, and evaluating during training leaves the training draws as they were."""
+    MakeDeterministic drops the Gaussian noise, not the expert draw). Episode i: own env, reset(seed=seed + i); all in
+    lockstep, one batched forward per step. The forked, seeded generator repeats draws; training's stay as they were."""
     envs = [gym.make(env_id) for _ in range(eval_episodes)]
     obs = np.array([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])  # [N, O]
     returns, running = np.zeros(eval_episodes), np.ones(eval_episodes, dtype=bool)
@@ -383,9 +382,7 @@ def evaluate(actor, env_id, eval_episodes, seed, eval_expert, device):
             for i in np.flatnonzero(running):
                 obs[i], reward, termination, truncation, _ = envs[i].step(actions[i])
                 returns[i], running[i] = returns[i] + reward, not (termination or truncation)
-    for env in envs:
-        env.close()
-    return returns.tolist()
+    return returns.tolist()  # bare MuJoCo envs hold no renderer: nothing to close
 
 
 def evaluate_saved(args, device):
