@@ -119,7 +119,7 @@ def sweep_entries(records: list) -> list:
             continue
         with open(os.path.join(key_dir, "run.json")) as f:
             labels = json.load(f)["labels"]
-        trained_by = trainer_of(r["model"])
+        trained_by = trainer_of(r["model"], os.path.dirname(key_dir))
         if trained_by:  # an eval-only run of a checkpoint: the model is the trainer's, at its last step
             model, step, is_last = trained_by, None, True
         elif r["step"] == 0:
@@ -141,16 +141,18 @@ def sweep_entries(records: list) -> list:
     return entries
 
 
-def trainer_of(model_path):
-    """'sofT_grpo:softgrpo' for .../<key>/runs/<run>/final whose OUT/<key>/run.json names that method, else None."""
+def trainer_of(model_path, sweep_root=None):
+    """'sofT_grpo:softgrpo' for .../<key>/runs/<run>/final whose <key>/run.json names that method, else None. <key> is
+    looked up in the sweep being read first (a sweep moved or cloned elsewhere keeps its eval-only runs classified,
+    not read as the base model), then at the recorded path."""
     parts = os.path.abspath(model_path).rstrip("/").split(os.sep)
     if len(parts) < 4 or parts[-1] != "final" or parts[-3] != "runs":
         return None
-    meta = os.path.join(os.sep.join(parts[:-3]), "run.json")
-    if not os.path.isfile(meta):
-        return None
-    with open(meta) as f:
-        return json.load(f)["labels"]["method"]
+    for key_dir in ([os.path.join(sweep_root, parts[-4])] if sweep_root else []) + [os.sep.join(parts[:-3])]:
+        if os.path.isfile(os.path.join(key_dir, "run.json")):
+            with open(os.path.join(key_dir, "run.json")) as f:
+                return json.load(f)["labels"]["method"]
+    return None
 
 
 def final_table(entries):

@@ -6,6 +6,7 @@ gradient-diagnosis statistics (Gumbel mask / clamp shares, kept-set changes, ide
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -495,6 +496,18 @@ def write_synthetic_sweep(root):
     write_eval(
         os.path.join(root, key, "runs", "final__x__2__5"), "final__x__2__5", 0, ckpt, {"soft-baseline/pass@1": 0.77}
     )
+
+
+def test_grpo_report_classifies_eval_only_runs_of_a_moved_sweep(tmp_path):
+    """An eval-only run records its checkpoint's absolute path; after the sweep is moved (or cloned elsewhere) that
+    path is gone, and the checkpoint's key must be found in the sweep being read, or the run would count as the base
+    model. Planted: looking only at the recorded path: red."""
+    write_synthetic_sweep(str(tmp_path / "sweep"))
+    before = grpo_report.final_table(grpo_report.main([str(tmp_path / "sweep"), "--seeds"]))
+    shutil.move(str(tmp_path / "sweep"), str(tmp_path / "moved"))
+    table = grpo_report.final_table(grpo_report.main([str(tmp_path / "moved"), "--seeds"]))
+    assert table[("discrete_grpo:grpo", "soft-baseline")] == {2: {1: 0.77}}
+    assert table == before
 
 
 def hand_ci(values, reps=10000, seed=0):
