@@ -277,12 +277,16 @@ class Agent(nn.Module):
         else:
             mix_logits, expert_means, expert_logstds = self.get_experts(x)
             if self.policy_type == "pmoe":
-                if action is None:  # z ~ Cat(w(s)), then a ~ N(mu_z, sigma_z)
+                if action is None:  # acting: z ~ Cat(w(s)), then a ~ N(mu_z, sigma_z); the entropy would go unused
                     expert = sample_expert(mix_logits)  # [B]
                     rows = torch.arange(len(x), device=x.device)
-                    action = torch.normal(expert_means[rows, expert], expert_logstds[rows, expert].exp())  # [B, A]
+                    mean, std = expert_means[rows, expert], expert_logstds[rows, expert].exp()  # [B, A]
+                    # torch.normal(mean, std)'s draw without its std >= 0 check, a reduction and a host sync per call
+                    action, entropy = mean + std * torch.randn_like(mean), None
+                else:
+                    entropy = mixture_entropy_bound(mix_logits, expert_logstds)
                 logprob = mixture_log_prob(action, mix_logits, expert_means, expert_logstds)
-                return action, logprob, mixture_entropy_bound(mix_logits, expert_logstds), self.critic(x)
+                return action, logprob, entropy, self.critic(x)
             # gating, mcp: one Gaussian composed from the K experts
             action_mean, action_logstd = combine_experts(self.policy_type, mix_logits, expert_means, expert_logstds)
         action_std = torch.exp(action_logstd)
@@ -377,7 +381,7 @@ def pmoe_losses(agent, mb_obs, mb_actions, mb_returns):
     q_loss = F.mse_loss(agent.q_net(torch.cat([mb_obs, mb_actions], -1)).view(-1), mb_returns)
     with torch.no_grad():  # one fresh sample per expert, scored by Q: [M, K, A] -> [M, K]
         _, expert_means, expert_logstds = agent.get_experts(mb_obs)
-        expert_actions = torch.normal(expert_means, expert_logstds.exp())
+        expert_actions = expert_means + expert_logstds.exp() * torch.randn_like(expert_means)
         obs_per_expert = mb_obs.unsqueeze(1).expand(-1, agent.num_experts, -1)  # row b is paired with row b: [M, K, O]
         expert_q = agent.q_net(torch.cat([obs_per_expert, expert_actions], -1)).squeeze(-1)
     return q_loss, route_loss_fn(agent.router(mb_obs), expert_q)

@@ -511,9 +511,10 @@ def main(args: Args) -> dict:
 
     def log_evaluation(step):  # the argmax and the sampled expert, then the --eval-expert one under the plain tag
         means = {}
-        for mode in ("argmax", "sample"):
-            means[mode] = float(np.mean(evaluate(actor, args.env_id, args.eval_episodes, args.seed, mode, device)))
-            writer.add_scalar(f"eval/episodic_return_{mode}", means[mode], step)
+        for mode in ("argmax", "sample"):  # one Gaussian (K=1, gating, mcp) acts alike under both: evaluated once
+            if mode == "argmax" or (args.num_experts > 1 and args.policy_type == "pmoe"):
+                means[mode] = float(np.mean(evaluate(actor, args.env_id, args.eval_episodes, args.seed, mode, device)))
+            writer.add_scalar(f"eval/episodic_return_{mode}", means.setdefault(mode, means["argmax"]), step)
         writer.add_scalar("eval/episodic_return", means[args.eval_expert], step)
         return means
 
@@ -584,12 +585,12 @@ def main(args: Args) -> dict:
                         # .item() waits for the update to finish (a host sync); --compile keeps alpha a tensor
                         alpha = log_alpha.detach().exp() if args.compile else log_alpha.exp().item()
 
-            # update the target networks
+            # update the target networks: target + tau * (critic - target) in place, one op per tensor (LeanRL's lerp_)
             if global_step % args.target_network_frequency == 0:
                 for param, target_param in zip(qf1.parameters(), qf1_target.parameters()):
-                    target_param.data.copy_(args.tau * param.data + (1 - args.tau) * target_param.data)
+                    target_param.data.lerp_(param.data, args.tau)
                 for param, target_param in zip(qf2.parameters(), qf2_target.parameters()):
-                    target_param.data.copy_(args.tau * param.data + (1 - args.tau) * target_param.data)
+                    target_param.data.lerp_(param.data, args.tau)
 
             if global_step % 100 == 0:
                 if not math.isfinite(qf_loss.item() + actor_loss.item() + route_loss.item() + alpha):

@@ -119,7 +119,7 @@ def sac_update(num_experts, fused):
     def targets():
         for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
             for param, target_param in zip(net.parameters(), target.parameters()):
-                target_param.data.copy_(0.005 * param.data + 0.995 * target_param.data)
+                target_param.data.lerp_(param.data, 0.005)  # as pmoe_sac.py: LeanRL's in-place form
 
     def update():
         critic()

@@ -514,6 +514,34 @@ def test_periodic_evaluation_logs_at_every_multiple_and_leaves_training_unchange
         assert periodic[key] == plain[key], key  # evaluation forks torch's generator: training draws unchanged
 
 
+@pytest.mark.parametrize("num_experts, policy_type", [(1, "pmoe"), (3, "gating"), (3, "mcp")])
+def test_one_gaussian_is_evaluated_once_and_logged_under_both_rules(num_experts, policy_type, tmp_path, monkeypatch):
+    """K=1, gating and mcp act with one Gaussian's mean: the sampled-expert rule plays the argmax rule's episodes, so
+    log_evaluation runs one evaluation per point and logs it under both tags. Planted: both rules evaluated for every
+    policy (8 calls, not 4): red."""
+    envs = gym.vector.SyncVectorEnv([pmoe_sac.make_env("Hopper-v5", 1, 0, False, "")])
+    torch.manual_seed(0)
+    actor = pmoe_sac.Actor(envs, num_experts, policy_type)
+    with torch.no_grad():  # experts that differ, as in the lockstep test
+        for p in actor.parameters():
+            p.mul_(3)
+    cpu = torch.device("cpu")
+    assert pmoe_sac.evaluate(actor, "Hopper-v5", 3, 7, "sample", cpu) == pmoe_sac.evaluate(
+        actor, "Hopper-v5", 3, 7, "argmax", cpu
+    )
+    monkeypatch.chdir(tmp_path)
+    calls, evaluate = [], pmoe_sac.evaluate
+    monkeypatch.setattr(pmoe_sac, "evaluate", lambda *a: calls.append((a[4], evaluate(*a))) or calls[-1][1])
+    settings = dict(TINY, num_experts=num_experts, policy_type=policy_type, eval_every=100, total_timesteps=300)
+    summary = pmoe_sac.main(pmoe_sac.Args(**settings))
+    assert [mode for mode, _ in calls] == ["argmax"] * 4  # steps 0, 100, 200 and the final evaluation at 300
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    expected = [np.mean(returns) for _, returns in calls]
+    for tag in ("eval/episodic_return_argmax", "eval/episodic_return_sample", "eval/episodic_return"):
+        np.testing.assert_allclose([value for _, value in scalars(run_dir, tag)], expected, rtol=1e-6)
+    assert summary["eval_return_sample"] == summary["eval_return_argmax"] == pytest.approx(expected[-1])
+
+
 def one_update_run(tmp_path, monkeypatch, record_networks, **overrides):
     """main with exactly one update (at global_step = learning_starts + 1), recording the batch, the target action
     and log-prob, the critics' regression targets and the estimator's log-prob."""
