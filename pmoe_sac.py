@@ -150,10 +150,8 @@ def validate(args):
 
     if args.eval_only or args.model_path is not None:
         check(args.eval_only, "--model-path", "is read only with --eval-only; add --eval-only")
-        path = args.model_path
-        return check(
-            path is not None and os.path.isfile(path), "--model-path", f"no file {path!r}; use a --save-model file"
-        )
+        ok = args.model_path is not None and os.path.isfile(args.model_path)
+        return check(ok, "--model-path", f"no file {args.model_path!r}; use a --save-model file")
     cuda_graphs_ok = args.compile and args.cuda and torch.cuda.is_available()
     check(cuda_graphs_ok or not args.cudagraphs, "--cudagraphs", "needs --compile and a CUDA GPU; on a CPU drop it")
     check(args.label_samples >= 1, "--label-samples", f"got {args.label_samples}; use 1 (official) or more")
