@@ -237,7 +237,7 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 class Agent(nn.Module):
     def __init__(self, envs, num_experts, policy_type, use_routing):
         super().__init__()
-        self.num_experts, self.policy_type = num_experts, policy_type
+        self.num_experts, self.policy_type, self.use_routing = num_experts, policy_type, use_routing
         self.action_dim = int(np.prod(envs.single_action_space.shape))
         self.critic = nn.Sequential(
             layer_init(nn.Linear(np.array(envs.single_observation_space.shape).prod(), 64)),
@@ -270,12 +270,12 @@ class Agent(nn.Module):
         expert_logstds = self.actor_logstd.view(1, self.num_experts, self.action_dim).expand_as(expert_means)
         return self.router(x), expert_means, expert_logstds
 
-    def get_action_and_value(self, x, action=None):
+    def get_action_and_value(self, x, action=None, experts=None):  # experts: get_experts(x), if the caller has it
         if self.num_experts == 1:  # CleanRL's own Gaussian: every 1-expert policy is it, with no router ops
             action_mean = self.actor_mean(x)
             action_logstd = self.actor_logstd.expand_as(action_mean)
         else:
-            mix_logits, expert_means, expert_logstds = self.get_experts(x)
+            mix_logits, expert_means, expert_logstds = self.get_experts(x) if experts is None else experts
             if self.policy_type == "pmoe":
                 if action is None:  # acting: z ~ Cat(w(s)), then a ~ N(mu_z, sigma_z); the entropy would go unused
                     expert = sample_expert(mix_logits)  # [B]
@@ -325,9 +325,12 @@ def compute_gae(rewards, values, dones, next_value, next_done, args):
 
 def ppo_loss(agent, args, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values, mb_inds):
     """CleanRL's minibatch loss: PPO (Schulman et al. 2017, arXiv 1707.06347) eq. 9 with the clipped surrogate of
-    eq. 7, on the rows mb_inds of the flat batch. -> loss, pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl,
-    clipfrac"""
-    _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+    eq. 7, on the rows mb_inds of the flat batch, plus PMOE's losses on the same actor forward (agent.use_routing).
+    -> loss, pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac, q_loss, route_loss"""
+    mb_obs, mb_actions = b_obs[mb_inds], b_actions[mb_inds]
+    # one actor forward for both losses: a second one in pmoe_losses cost a seventh of a K=5 minibatch step
+    experts = agent.get_experts(mb_obs) if agent.use_routing else None
+    _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_obs, mb_actions, experts)
     # for pmoe a ratio of mixture densities: its gradient reaches w and all K experts
     logratio = newlogprob - b_logprobs[mb_inds]
     ratio = logratio.exp()
@@ -364,7 +367,11 @@ def ppo_loss(agent, args, b_obs, b_actions, b_logprobs, b_advantages, b_returns,
 
     entropy_loss = entropy.mean()
     loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-    return loss, pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac
+    q_loss = route_loss = torch.zeros((), device=loss.device)
+    if agent.use_routing:
+        q_loss, route_loss = pmoe_losses(agent, experts, mb_obs, mb_actions, b_returns[mb_inds])
+        loss = loss + args.q_coef * q_loss + args.route_coef * route_loss
+    return loss, pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac, q_loss, route_loss
 
 
 def route_loss_fn(mix_logits, expert_q_values):
@@ -375,16 +382,17 @@ def route_loss_fn(mix_logits, expert_q_values):
     return F.mse_loss(mix_logits.softmax(-1), best)
 
 
-def pmoe_losses(agent, mb_obs, mb_actions, mb_returns):
-    """PMOE's two extra losses (co-author pmoe_ppo.py::PMOE_PPO.train_net). mb_obs [M, O], mb_actions [M, A],
-    mb_returns [M] -> q_loss (Q(s, a) regressed onto the lambda-returns), route_loss (trains the router only)"""
+def pmoe_losses(agent, experts, mb_obs, mb_actions, mb_returns):
+    """PMOE's two extra losses (co-author pmoe_ppo.py::PMOE_PPO.train_net). experts: get_experts(mb_obs); mb_obs
+    [M, O], mb_actions [M, A], mb_returns [M] -> q_loss (Q(s, a) regressed onto the lambda-returns), route_loss
+    (trains the router only: the router reads the observation, and the experts' samples carry no gradient)"""
+    mix_logits, expert_means, expert_logstds = experts
     q_loss = F.mse_loss(agent.q_net(torch.cat([mb_obs, mb_actions], -1)).view(-1), mb_returns)
     with torch.no_grad():  # one fresh sample per expert, scored by Q: [M, K, A] -> [M, K]
-        _, expert_means, expert_logstds = agent.get_experts(mb_obs)
         expert_actions = expert_means + expert_logstds.exp() * torch.randn_like(expert_means)
         obs_per_expert = mb_obs.unsqueeze(1).expand(-1, agent.num_experts, -1)  # row b is paired with row b: [M, K, O]
         expert_q = agent.q_net(torch.cat([obs_per_expert, expert_actions], -1)).squeeze(-1)
-    return q_loss, route_loss_fn(agent.router(mb_obs), expert_q)
+    return q_loss, route_loss_fn(mix_logits, expert_q)
 
 
 def keep_outputs(compiled):
@@ -480,14 +488,14 @@ def main(args: Args) -> dict:
     agent = Agent(envs, args.num_experts, args.policy_type, use_routing).to(device)
     # fused: Adam's elementwise ops in one kernel, rounded differently in the last bit (--compile fuses its own)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=not args.compile)
-    act, loss_fn, pmoe_loss_fn, optimizer_step = agent.get_action_and_value, ppo_loss, pmoe_losses, optimizer.step
+    act, loss_fn, optimizer_step = agent.get_action_and_value, ppo_loss, optimizer.step
     if args.compile:  # LeanRL: the same functions, compiled at their first call; shapes never change, so only once
         mode = "reduce-overhead" if args.cudagraphs else None  # inductor's CUDA graphs
         act = torch.compile(torch.no_grad()(act), mode=mode)  # acting needs no graph
-        loss_fn, pmoe_loss_fn = torch.compile(loss_fn, mode=mode), torch.compile(pmoe_loss_fn, mode=mode)
+        loss_fn = torch.compile(loss_fn, mode=mode)
         optimizer_step = torch.compile(optimizer_step, mode=mode)
         if args.cudagraphs:  # graphs replay on the GPU: Adam's step counter must live there too (capturable)
-            loss_fn, pmoe_loss_fn = keep_outputs(loss_fn), keep_outputs(pmoe_loss_fn)
+            loss_fn = keep_outputs(loss_fn)
             optimizer.param_groups[0]["capturable"] = True
     if args.eval_only:
         agent.load_state_dict(ckpt["model"])
@@ -508,7 +516,6 @@ def main(args: Args) -> dict:
     next_obs = torch.Tensor(next_obs).to(device)
     next_done = torch.zeros(args.num_envs).to(device)
     episodic_returns, metrics = [], {}
-    q_loss = route_loss = torch.zeros(())
     progress = tqdm(total=args.num_iterations * args.batch_size, unit="step", disable=args.eval_only)
 
     for iteration in range(1, args.num_iterations + 1):
@@ -569,13 +576,10 @@ def main(args: Args) -> dict:
                 end = start + args.minibatch_size
                 mb_inds = b_inds[start:end]
 
-                loss, pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac = loss_fn(
+                loss, pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac, q_loss, route_loss = loss_fn(
                     agent, args, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values, mb_inds
-                )
+                )  # for pmoe the Q regression and the routing loss included
                 clipfracs += [clipfrac.item()]
-                if use_routing:
-                    q_loss, route_loss = pmoe_loss_fn(agent, b_obs[mb_inds], b_actions[mb_inds], b_returns[mb_inds])
-                    loss = loss + args.q_coef * q_loss + args.route_coef * route_loss
                 if not torch.isfinite(loss):  # CPU: free, clipfrac.item() has synced already
                     raise SystemExit(f"error: non-finite loss at global_step {global_step}: lower --learning-rate")
 

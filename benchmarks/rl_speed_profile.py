@@ -4,7 +4,7 @@ everything else (elementwise kernels, Python, autograd and dispatch: what fusing
 SAC: one environment step's share of updates at CleanRL's defaults (policy_frequency 2: per step one critic update,
 one actor update with its alpha step, one soft target update), batch 256, HalfCheetah's sizes, K=1 and K=4, built from
 pmoe_sac.py's own networks and estimator. PPO: one minibatch step (64 rows, the losses, backward, clipping, Adam) of
-pmoe_ppo.py's own Agent, ppo_loss and pmoe_losses, K=1 and K=5; and one acting step (one row) with and without the
+pmoe_ppo.py's own Agent and ppo_loss (with pmoe_losses), K=1 and K=5; and one acting step (one row) with and without the
 environment. One torch thread. Per item: the wall time (median), the time spent inside matrix products and inside
 all other aten ops (timed per op by a dispatch mode, which adds its own per-op overhead), and the op count.
 Then the same SAC update and PPO minibatch compiled (torch.compile, default mode), interleaved with eager. As in the
@@ -179,16 +179,13 @@ def ppo_minibatch(num_experts, fused):
     b_values, b_advantages, b_returns = b_values.view(-1), torch.randn(N), torch.randn(N)
     rng = np.random.default_rng(0)
 
-    def make_step(loss_fn, pmoe_loss_fn, optimizer_step):
-        def step():  # the body of pmoe_ppo.py's minibatch loop
+    def make_step(loss_fn, optimizer_step):
+        def step():  # the body of pmoe_ppo.py's minibatch loop (ppo_loss includes PMOE's losses)
             mb_inds = rng.integers(0, N, args.minibatch_size)
-            loss, *_, clipfrac = loss_fn(
+            loss, *_, clipfrac, _, _ = loss_fn(
                 agent, args, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values, mb_inds
             )
             clipfrac.item()
-            if use_routing:
-                q_loss, route_loss = pmoe_loss_fn(agent, b_obs[mb_inds], b_actions[mb_inds], b_returns[mb_inds])
-                loss = loss + q_loss + route_loss
             torch.isfinite(loss)
             optimizer.zero_grad()
             loss.backward()
@@ -197,10 +194,8 @@ def ppo_minibatch(num_experts, fused):
 
         return step
 
-    eager = make_step(pmoe_ppo.ppo_loss, pmoe_ppo.pmoe_losses, optimizer.step)
-    compiled = make_step(
-        torch.compile(pmoe_ppo.ppo_loss), torch.compile(pmoe_ppo.pmoe_losses), torch.compile(optimizer.step)
-    )
+    eager = make_step(pmoe_ppo.ppo_loss, optimizer.step)
+    compiled = make_step(torch.compile(pmoe_ppo.ppo_loss), torch.compile(optimizer.step))
     next_obs = torch.Tensor(envs.reset(seed=1)[0])
 
     def act():

@@ -374,10 +374,12 @@ def test_rollout_draws_the_expert_from_w_then_samples_its_gaussian():
 class StubAgent:
     """get_action_and_value returns chosen log-probs, entropies and values, so ppo_loss's arithmetic is isolated."""
 
+    use_routing = False  # no PMOE losses: CleanRL's loss alone
+
     def __init__(self, newlogprob, entropy, newvalue):
         self.out = newlogprob, entropy, newvalue
 
-    def get_action_and_value(self, obs, action):
+    def get_action_and_value(self, obs, action, experts=None):
         return (action, *self.out)
 
 
@@ -454,13 +456,48 @@ def test_entropy_bonus_and_kl_statistics():
     agent = StubAgent(newlogprob, entropy, torch.zeros(M, 1))
     zeros = torch.zeros(M)
     args = loss_args(ent_coef=0.1)
-    loss, pg_loss, v_loss, entropy_loss, old_kl, kl, clipfrac = pmoe_ppo.ppo_loss(
+    loss, pg_loss, v_loss, entropy_loss, old_kl, kl, clipfrac, q_loss, route_loss = pmoe_ppo.ppo_loss(
         agent, args, torch.zeros(M, 3), torch.zeros(M, 2), zeros, zeros, zeros, zeros, torch.arange(M)
     )
     assert entropy_loss.item() == pytest.approx(2.5) and loss.item() == pytest.approx(-0.25, abs=1e-6)
     assert clipfrac.item() == pytest.approx(0.5)  # 1.3 and 0.7 lie outside [0.8, 1.2]
     assert old_kl.item() == pytest.approx(-sum(math.log(r) for r in ratio) / M, abs=1e-6)
     assert kl.item() == pytest.approx(sum(r - 1 - math.log(r) for r in ratio) / M, abs=1e-6)
+    assert q_loss.item() == route_loss.item() == 0.0  # no routing: no PMOE losses
+
+
+def test_ppo_loss_shares_one_actor_forward_with_the_pmoe_losses():
+    """ppo_loss runs the actor once for the PPO and the PMOE losses. The result must equal the two computed apart:
+    CleanRL's loss on the agent's own forward, plus q_coef * q_loss + route_coef * route_loss of pmoe_losses on a
+    second forward, under the same seed: every output and every parameter's gradient. Planted: the PMOE losses left
+    out of `loss`, or given the experts of other rows (mb_inds not applied): red."""
+    torch.manual_seed(5)
+    agent = pmoe_ppo.Agent(fake_envs(4, 2), 3, "pmoe", use_routing=True)
+    N, M = 12, 5
+    b_obs, b_actions, b_logprobs = torch.randn(N, 4), torch.randn(N, 2), torch.randn(N) - 2
+    b_advantages, b_returns, b_values = torch.randn(N), torch.randn(N), torch.randn(N)
+    mb_inds = torch.randperm(N)[:M]
+    args = SimpleNamespace(**vars(loss_args(ent_coef=0.01, norm_adv=True)), q_coef=0.7, route_coef=1.3)
+    batch = (b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values, mb_inds)
+    torch.manual_seed(6)
+    shared = pmoe_ppo.ppo_loss(agent, args, *batch)
+    shared[0].backward()
+    shared_grads = {name: p.grad.clone() for name, p in agent.named_parameters()}
+    agent.zero_grad()
+    agent.use_routing = False  # CleanRL's loss alone, on its own forward
+    apart = list(pmoe_ppo.ppo_loss(agent, args, *batch))
+    agent.use_routing = True
+    torch.manual_seed(6)
+    experts = agent.get_experts(b_obs[mb_inds])
+    q_loss, route_loss = pmoe_ppo.pmoe_losses(agent, experts, b_obs[mb_inds], b_actions[mb_inds], b_returns[mb_inds])
+    apart[0] = apart[0] + 0.7 * q_loss + 1.3 * route_loss
+    apart[-2:] = q_loss, route_loss
+    apart[0].backward()
+    for ours, expected in zip(shared, apart):
+        torch.testing.assert_close(ours, expected)
+    assert shared[-1].item() > 0 and shared[-2].item() > 0
+    for name, p in agent.named_parameters():
+        torch.testing.assert_close(shared_grads[name], p.grad, msg=name)
 
 
 # ---------------------------------------------------------------- PMOE routing
@@ -510,7 +547,7 @@ def test_pmoe_losses_score_each_state_with_its_own_experts():
         agent.actor_mean[-1].weight.mul_(300.0)  # spread the experts so that each state has a clear nearest one
     agent.q_net = DistanceQ()
     obs, actions, returns = torch.randn(B, 4), torch.randn(B, A), torch.randn(B)
-    q_loss, route_loss = pmoe_ppo.pmoe_losses(agent, obs, actions, returns)
+    q_loss, route_loss = pmoe_ppo.pmoe_losses(agent, agent.get_experts(obs), obs, actions, returns)
     means = agent.actor_mean(obs).view(B, K, A).detach()
     best = []
     for b in range(B):
