@@ -225,8 +225,8 @@ def test_ppo_advantages_are_normalised_per_minibatch(tmp_path, monkeypatch):
     rollout, losses, gae_advantages = [], [], []
 
     class SpyAgent(pmoe_ppo.Agent):
-        def get_action_and_value(self, x, action=None):
-            out = super().get_action_and_value(x, action)
+        def get_action_and_value(self, x, action=None, experts=None):
+            out = super().get_action_and_value(x, action, experts)
             if action is None:  # acting: the stored action and its log-prob, in rollout order (num_envs = 1)
                 rollout.append((out[0].detach().clone(), out[1].detach().clone()))
             else:  # the loss: keep the gradient that reaches each row's log-prob
