@@ -15,7 +15,9 @@ For each pmoe_sac.py run of a sweep (rl_benchmark.py's --out folder) this reads 
                    over-estimation; arms of one task with fixed-length episodes (HalfCheetah) compare directly
   argmax - sample  eval return with the argmax expert minus with a sampled expert, at the last evaluation: what
                    resampling the expert at every step costs once the experts differ
-Per (task, method): the mean over seeds and, in brackets, the min and max over seeds.
+Per (task, method): the mean over seeds and, in brackets, the min and max over seeds; under each table, every arm
+against its baselines on the same task (a K4-M8 variant against K4 and K1): the difference of the seed means and
+its exact two-sided permutation p.
 
 --labels: the routing label per state, from each run's saved model (`--save-model`; pmoe_sac.py stores 1000 uniform
 replay states in it). "max k* share" above is a batch marginal: it cannot tell a coin-flip label in every state
@@ -42,7 +44,7 @@ from collections import defaultdict
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rl_report import RETURN, find_runs, labels_of, load_scalars, write_section  # noqa: E402
+from rl_report import RETURN, baselines_of, find_runs, labels_of, load_scalars, permutation_p, write_section  # noqa: E402
 
 COLUMNS = ("route H / ln K", "max usage", "max k* share", "alpha", "Q", "Q / return", "argmax - sample")
 LABEL_COLUMNS = ("agree", "KL(P || w)", "H(P) / ln K", "H(w) / ln K", "max P")
@@ -149,6 +151,34 @@ def label_stats(model_path, draws=256, seed=0):
     return compare_labels(p, w)
 
 
+def differences(groups, columns):
+    """Markdown rows testing each arm against its baselines on the same task (rl_report.baselines_of: K4-M8 against
+    K4 and K1): per column the difference of the seed means and its exact two-sided permutation p. groups:
+    {(task, method): [row, ...]}; a baseline with fewer than 2 runs, or a column missing in either arm, is skipped."""
+    lines = []
+    for (task, method), group in sorted(groups.items()):
+        for baseline in baselines_of(method):
+            other = groups.get((task, baseline), [])
+            if len(group) < 2 or len(other) < 2:
+                continue
+            cells = []
+            for column in columns:
+                x, y = np.array([r[column] for r in group]), np.array([r[column] for r in other])
+                if np.isnan(x).any() or np.isnan(y).any():
+                    cells.append("-")
+                else:
+                    cells.append(f"{x.mean() - y.mean():+.3g}, p {permutation_p(x, y):.3f}")
+            lines.append(
+                f"| {task} | {method} - {baseline.split(':')[-1]} | {len(group)} vs {len(other)} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    if not lines:
+        return ""
+    head = "| task | difference | seeds | " + " | ".join(columns) + " |\n|---|---|---|" + "---|" * len(columns)
+    return "\n\nDifferences of seed means, exact two-sided permutation p:\n\n" + head + "\n" + "\n".join(lines)
+
+
 def label_markdown(rows, labels, draws):
     groups = defaultdict(list)
     for name, row in rows.items():
@@ -166,7 +196,7 @@ def label_markdown(rows, labels, draws):
             values = np.array([row[column] for row in group])
             cells.append(f"{values.mean():.3g} [{values.min():.3g}, {values.max():.3g}]")
         lines.append(f"| {task} | {method} | {len(group)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + differences(groups, LABEL_COLUMNS)
 
 
 def markdown(rows, labels, window):
@@ -190,7 +220,7 @@ def markdown(rows, labels, window):
             else:
                 cells.append(f"{values.mean():.3g} [{values.min():.3g}, {values.max():.3g}]")
         lines.append(f"| {task} | {method} | {len(group)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + differences(groups, COLUMNS)
 
 
 def main(argv=None):

@@ -381,6 +381,22 @@ def test_label_distribution_and_its_comparison_with_the_router():
     assert stats["H(P) / ln K"] == pytest.approx(0.5) and stats["max P"] == pytest.approx(0.75)
 
 
+def test_rl_diagnose_tests_each_variant_against_its_parent_by_hand():
+    """K4-M8 against K4 on one column: seeds {3, 5} against {1, 2}, difference +2.5; of the 6 splits of {3, 5, 1, 2}
+    into pairs, 2 differ by 2.5 or more: p = 1/3. K1's column is missing (no router): "-". Planted: the p-value of
+    the other arm's values against themselves (p = 1), red."""
+    nan = float("nan")
+    groups = {
+        ("T", "pmoe_sac:K4"): [{"agree": 1.0}, {"agree": 2.0}],
+        ("T", "pmoe_sac:K4-M8"): [{"agree": 3.0}, {"agree": 5.0}],
+        ("T", "pmoe_sac:K1"): [{"agree": nan}, {"agree": nan}],
+    }
+    lines = rl_diagnose.differences(groups, ["agree"]).splitlines()
+    assert "| T | pmoe_sac:K4-M8 - K4 | 2 vs 2 | +2.5, p 0.333 |" in lines
+    assert "| T | pmoe_sac:K4-M8 - K1 | 2 vs 2 | - |" in lines and "| T | pmoe_sac:K4 - K1 | 2 vs 2 | - |" in lines
+    assert rl_diagnose.differences({("T", "pmoe_sac:K4"): [{"agree": 1.0}]}, ["agree"]) == ""  # nothing to test
+
+
 def test_rl_diagnose_labels_from_a_saved_pmoe_sac_model(tmp_path, monkeypatch):
     """--labels end to end on a tiny saved run: one row per K>1 model, every statistic in range."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
