@@ -36,6 +36,7 @@ by min(Q1, Q2); k* the best) and compared with the router's w(s):
 
 import argparse
 import glob
+import json
 import math
 import os
 import sys
@@ -229,7 +230,9 @@ def main(argv=None):
     parser.add_argument("--match", default="pmoe_sac", help="regex a run's path must contain (default: pmoe_sac)")
     parser.add_argument("--window", type=float, default=0.2, help="the last fraction of the run that is summarised")
     parser.add_argument("--md", default=None, help="also write the table between the rl_diagnose markers of this file")
-    parser.add_argument("--labels", action="store_true", help="also measure the per-state label of each saved model")
+    parser.add_argument(
+        "--labels", action="store_true", help="also measure the per-state label of each saved model (cached beside it)"
+    )
     parser.add_argument("--draws", type=int, default=256, help="--labels: label draws per state")
     args = parser.parse_args(argv)
     if not 0.0 < args.window <= 1.0:
@@ -249,7 +252,13 @@ def main(argv=None):
         for name, directory in runs.items():
             models = glob.glob(os.path.join(directory, "*.cleanrl_model"))
             if models and labels_of(directory)["method"].split(":")[-1] != "K1":
-                label_rows[name] = label_stats(models[0], args.draws)
+                cache = f"{models[0]}.labels-{args.draws}.json"  # minutes per model at M = 8: measured once
+                if not os.path.exists(cache):
+                    with open(cache + ".tmp", "w") as f:
+                        json.dump(label_stats(models[0], args.draws), f)
+                    os.replace(cache + ".tmp", cache)
+                with open(cache) as f:
+                    label_rows[name] = json.load(f)
                 label_labels[name] = labels_of(directory)
         if not label_rows:
             print("error: --labels: no saved PMOE-SAC model (run pmoe_sac.py with --save-model)", file=sys.stderr)

@@ -3,6 +3,7 @@
 CI and curve data on synthetic eval JSONs), the thinking-position statistics on a hand-built logits tensor and the
 gradient-diagnosis statistics (Gumbel mask / clamp shares, kept-set changes, identical thinking, loss split)."""
 
+import glob
 import json
 import math
 import os
@@ -413,6 +414,15 @@ def test_rl_diagnose_labels_from_a_saved_pmoe_sac_model(tmp_path, monkeypatch):
     (row,) = rows["labels"].values()
     assert 0 <= row["agree"] <= 1 and row["KL(P || w)"] >= 0 and 1 / 3 <= row["max P"] <= 1
     assert 0 <= row["H(P) / ln K"] <= 1 and 0 <= row["H(w) / ln K"] <= 1
+    (cache,) = glob.glob(
+        str(key / "**" / "*.cleanrl_model.labels-16.json"), recursive=True
+    )  # measured once, read back on the next call
+    assert json.loads(open(cache).read()) == row
+    open(cache, "w").write(json.dumps(dict(row, agree=0.123)))
+    assert (
+        list(rl_diagnose.main([str(tmp_path / "sweep"), "--labels", "--draws", "16"])["labels"].values())[0]["agree"]
+        == 0.123
+    )
 
 
 def test_rl_diagnose_router_alpha_and_q_statistics_equal_hand_computations(tmp_path):
