@@ -45,7 +45,7 @@ from collections import defaultdict
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rl_report import RETURN, baselines_of, find_runs, labels_of, load_scalars, permutation_p, write_section  # noqa: E402
+from rl_report import RETURN, comparisons, find_runs, labels_of, load_scalars, write_section  # noqa: E402
 
 COLUMNS = ("route H / ln K", "max usage", "max k* share", "alpha", "Q", "Q / return", "argmax - sample")
 LABEL_COLUMNS = ("agree", "KL(P || w)", "H(P) / ln K", "H(w) / ln K", "max P")
@@ -153,27 +153,18 @@ def label_stats(model_path, draws=256, seed=0):
 
 
 def differences(groups, columns):
-    """Markdown rows testing each arm against its baselines on the same task (rl_report.baselines_of: K4-M8 against
+    """Markdown rows testing each arm against its baselines on the same task (rl_report.comparisons: K4-M8 against
     K4 and K1): per column the difference of the seed means and its exact two-sided permutation p. groups:
-    {(task, method): [row, ...]}; a baseline with fewer than 2 runs, or a column missing in either arm, is skipped."""
-    lines = []
-    for (task, method), group in sorted(groups.items()):
-        for baseline in baselines_of(method):
-            other = groups.get((task, baseline), [])
-            if len(group) < 2 or len(other) < 2:
-                continue
-            cells = []
-            for column in columns:
-                x, y = np.array([r[column] for r in group]), np.array([r[column] for r in other])
-                if np.isnan(x).any() or np.isnan(y).any():
-                    cells.append("-")
-                else:
-                    cells.append(f"{x.mean() - y.mean():+.3g}, p {permutation_p(x, y):.3f}")
-            lines.append(
-                f"| {task} | {method} - {baseline.split(':')[-1]} | {len(group)} vs {len(other)} | "
-                + " | ".join(cells)
-                + " |"
-            )
+    {(task, method): [row, ...]}; a baseline with fewer than 2 runs is skipped, a column missing in an arm: "-"."""
+    rows = {}
+    for column in columns:
+        table = defaultdict(dict)
+        for (task, method), group in groups.items():
+            table[task][method] = [r[column] for r in group]
+        for task, method, baseline, n, m, difference, p in comparisons(table):
+            cell = "-" if np.isnan(difference) else f"{difference:+.3g}, p {p:.3f}"
+            rows.setdefault(f"| {task} | {method} - {baseline.split(':')[-1]} | {n} vs {m} | ", []).append(cell)
+    lines = [key + " | ".join(cells) + " |" for key, cells in rows.items()]
     if not lines:
         return ""
     head = "| task | difference | seeds | " + " | ".join(columns) + " |\n|---|---|---|" + "---|" * len(columns)
