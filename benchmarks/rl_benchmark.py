@@ -16,6 +16,7 @@ the checkpoints that an earlier stage wrote (e.g. evaluating every trained GRPO 
   python benchmarks/rl_benchmark.py --out benchmarks/runs/sweep --workers 2
   python benchmarks/rl_benchmark.py --grid grpo-toy --out benchmarks/runs/grpo --workers 1
   python benchmarks/rl_benchmark.py --grid pmoe-evidence --out /work/pmoe_runs --repo-dir /work/pmoe-sweep --workers 1
+  python benchmarks/rl_benchmark.py --grid pmoe-evidence --match "200k.*s[12]$" --out /work/pmoe_runs --workers 1
   python benchmarks/rl_benchmark.py --grid pmoe-paper --cluster slurm --partition cpu --time-min 2880 --dry-run
   python benchmarks/rl_benchmark.py --scripts pmoe_ppo.py --variants K1="--num-experts 1" K5="--num-experts 5" \
       --env-ids Hopper-v5 --seeds 1 2 3 --extra-flags="--total-timesteps 300000 --save-model"
@@ -25,6 +26,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -185,6 +187,7 @@ GRIDS = {
     "grpo-topp": lambda: grpo_ablation({"topp-off": "--top-p 1.0 --answer-top-p 1.0"}),
     "grpo-branching": lambda: grpo_branching(GRPO_SEEDS, 200, 25),
     "grpo-branching-600": lambda: grpo_branching(GRPO_SEEDS, 600, 50),  # until SofT-GRPO flattens (issue 23)
+    "grpo-branching-1000": lambda: grpo_branching(GRPO_SEEDS, 1000, 50),  # 600 steps did not show every arm flat
 }
 
 
@@ -271,6 +274,8 @@ def build_runs(args):
             runs = [r for r in runs if r.labels["seed"] in args.seeds]
         if args.env_ids:
             runs = [r for r in runs if r.labels["task"] in args.env_ids + ["toy"]]
+    if args.match:  # e.g. two runners on two cores, each with its own share of a stage
+        runs = [r for r in runs if re.search(args.match, r.key)]
     for r in runs:
         r.argv += shlex.split(args.extra_flags)
     return runs
@@ -299,6 +304,7 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", help='custom grid: NAME="FLAGS" per arm, e.g. K1="--num-experts 1"')
     parser.add_argument("--env-ids", nargs="+", help="RL tasks (custom grid), or a filter of the named grid's tasks")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (custom grid), or a filter of the named grid's")
+    parser.add_argument("--match", help="only the runs whose key (script__variant__task__sSEED) matches this regex")
     parser.add_argument("--extra-flags", default="", help="flags appended to every command (quote them)")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "runs", "sweep"), help="root of run folders")
     parser.add_argument("--repo-dir", default=REPO, help="where the scripts are (e.g. a frozen git worktree)")

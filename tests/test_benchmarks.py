@@ -94,6 +94,12 @@ def test_pmoe_evidence_grid_runs_the_issue_22_arms_in_priority_order(tmp_path, c
             r.labels["method"] == "pmoe_sac:K4-M8"
         )
         assert ("--save-model" in command) == (r.stage in (0, 1, 2))  # rl_diagnose --labels reads SAC's models
+    capsys.readouterr()
+    picked = rl_benchmark.main(
+        ["--dry-run", "--grid", "pmoe-evidence", "--out", str(tmp_path), "--match", "200k.*s[12]$"]
+    )
+    assert "4 runs, 0 done" in capsys.readouterr().out  # --match: K1 and K4 at 200k, seeds 1 and 2, not 12 or 20
+    assert sorted(r.key for r in picked) == sorted(r.key for r in runs if "200k" in r.key and r.labels["seed"] < 3)
 
 
 def write_script(folder, body):
