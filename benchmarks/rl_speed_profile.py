@@ -162,6 +162,17 @@ def stacked_scoring(qf1, qf2, obs, num_experts):
         return two_calls, torch.compile(two_calls), torch.compile(stacked)
 
 
+def scoring_rate(two_calls, qf1, rows):
+    """Is PMOE's label compute-bound? GFLOP/s of the scoring (both critics' three layers on `rows` = B*K candidate
+    rows, 2 flops per multiply-add) against one torch.mm of its largest layer's shape, both timed the same way."""
+    flops = 2 * 2 * rows * sum(layer.in_features * layer.out_features for layer in (qf1.fc1, qf1.fc2, qf1.fc3))
+    a, b = torch.randn(rows, 256), torch.randn(256, 256)
+    mm_flops = 2 * rows * 256 * 256
+    rate = flops / statistics.median(wall_ms(two_calls, 40) for _ in range(5)) / 1e6
+    peak = mm_flops / statistics.median(wall_ms(partial(torch.mm, a, b), 200) for _ in range(5)) / 1e6
+    print(f"| {rows} rows: scoring {rate:.1f} GFLOP/s, torch.mm [{rows}, 256] x [256, 256] {peak:.1f} GFLOP/s |")
+
+
 def ppo_minibatch(num_experts, fused):
     """pmoe_ppo.py's minibatch step and acting; fused as in sac_update."""
     args = pmoe_ppo.Args(num_experts=num_experts)
@@ -254,6 +265,9 @@ def main():
     for k in (1, 5):
         eager_vs_compiled(f"PPO minibatch step, K={k}", ppo[k][0], ppo[k][1], 50)
         eager_vs_compiled(f"PPO acting (1 row), K={k}", ppo[k][2], ppo[k][4], 200)
+    print("\n| PMOE's label (eager): the scoring's matrix-product rate against the CPU's |\n| --- |")
+    with torch.no_grad():
+        scoring_rate(two_calls, sac[4][3][0], 4 * sac[4][3][2].shape[0])
     print(f"\nload average {os.getloadavg()[0]:.1f}")
 
 
