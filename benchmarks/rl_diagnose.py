@@ -242,8 +242,13 @@ def main(argv=None):
         label_rows, label_labels = {}, {}
         for name, directory in runs.items():
             models = glob.glob(os.path.join(directory, "*.cleanrl_model"))
+            # a clone has the committed statistics but not the models (gitignored): read those alone
+            suffix = f".labels-{args.draws}.json"
+            models = models or [
+                c[: -len(suffix)] for c in glob.glob(os.path.join(directory, "*.cleanrl_model" + suffix))
+            ]
             if models and labels_of(directory)["method"].split(":")[-1] != "K1":
-                cache = f"{models[0]}.labels-{args.draws}.json"  # minutes per model at M = 8: measured once
+                cache = models[0] + suffix  # minutes per model at M = 8: measured once
                 if not os.path.exists(cache):
                     with open(cache + ".tmp", "w") as f:
                         json.dump(label_stats(models[0], args.draws), f)

@@ -429,6 +429,11 @@ def test_rl_diagnose_labels_from_a_saved_pmoe_sac_model(tmp_path, monkeypatch):
         list(rl_diagnose.main([str(tmp_path / "sweep"), "--labels", "--draws", "16"])["labels"].values())[0]["agree"]
         == 0.123
     )
+    (model,) = glob.glob(str(key / "**" / "*.cleanrl_model"), recursive=True)
+    os.remove(model)  # a clone: the statistics are committed, the model (gitignored) is not
+    assert list(rl_diagnose.main([str(tmp_path / "sweep"), "--labels", "--draws", "16"])["labels"].values()) == [
+        dict(row, agree=0.123)
+    ]
 
 
 def test_rl_diagnose_router_alpha_and_q_statistics_equal_hand_computations(tmp_path):
