@@ -77,6 +77,13 @@ def branching_stats(logits, mask, temperature=1.0, threshold=0.05) -> dict:
     return {"share": branching.float().mean().item(), "positions": int(branching.sum()), "entropy": mean}
 
 
+def top_k_mass(logits, mask, temperature=1.0, top_k=5) -> dict:
+    """Mass of the top_k ids under the full softmax(logits / T) at the masked positions: the share of the distribution
+    that a soft position's Gumbel density sees (it is a function of those k logits only). Mean and median."""
+    mass = (logits[mask].float() / temperature).softmax(-1).topk(top_k, dim=-1).values.sum(-1)  # [M]
+    return {"mean": mass.mean().item(), "median": mass.median().item(), "vocabulary": logits.shape[-1]}
+
+
 def two_above(weights, threshold=0.05) -> float:
     """Share of rows of weights [M, k] with two or more entries above threshold."""
     return ((weights > threshold).sum(-1) >= 2).float().mean().item()
@@ -156,6 +163,7 @@ def measure(argv_script, problems, samples, seed) -> dict:
         "completion_length": batch["completion_mask"].sum().item() / len(todo),
         "full_vocabulary": thinking_position_stats(logits, mask, args.temperature),
         "top_k_top_p": thinking_position_stats(logits, mask, args.temperature, args.top_k, args.top_p),
+        "top_k_mass": top_k_mass(logits, mask, args.temperature, args.top_k),
         "soft_token_top1_weight_after_tau_g": weights.max(-1).values.mean().item(),
         # for contrast, the answer phase (after </think>), which both methods sample as discrete tokens
         "answer_full_vocabulary": thinking_position_stats(logits, answer, args.temperature),

@@ -164,6 +164,8 @@ def test_branching_statistics_by_hand():
     h2 = -(0.9 * torch.tensor(0.9).log() + 0.06 * torch.tensor(0.06).log() + 0.04 * torch.tensor(0.04).log())
     assert abs(out["entropy"] - (torch.tensor(2.0).log() + h2).item() / 2) < 1e-4
     assert st.two_above(torch.tensor([[0.5, 0.5], [0.96, 0.04], [0.94, 0.06]])) == pytest.approx(2 / 3)
+    mass = st.top_k_mass(logits, mask, top_k=2)  # what a 2-component soft density sees: 1.0, 1.0, 0.96
+    assert mass["mean"] == pytest.approx((1 + 1 + 0.96) / 3, abs=1e-6) and mass["median"] == pytest.approx(1.0)
     ids = torch.tensor([[1, 2], [1, 2], [1, 3], [1, 2]])  # two groups of 2: identical, then not
     assert st.identical_thinking_groups(ids, torch.ones_like(ids, dtype=torch.bool), 2) == 0.5
 
