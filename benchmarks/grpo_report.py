@@ -13,6 +13,8 @@ values, the training rollouts' mean completion length, and Pass@1 / Pass@8 again
         --md benchmarks/results_grpo_seeds.md
 With --t: t-intervals, exact permutation tests, and whether each arm's Pass@1 has flattened (its slope over the
 last third of the steps, per seed; "flat" when the whole 95% interval lies inside +-2 points per 100 steps).
+--strata 1,2,3 4,5 (with --t) tests within strata of seeds, for seeds whose runs differ by more than the arm (e.g.
+trained from a toy base model rebuilt on another CPU): arm labels are permuted only inside each stratum.
 A model is "base" (step 0 of a training run, or an eval-only run of the toy base model), or the method of the run
 that trained it (its last step, or an eval-only run of its final checkpoint). A decoding is "discrete"
 (discrete_grpo.py's eval: T 0.6, top-k 30, top-p 0.95) or the name of a sofT_grpo.py eval setting.
@@ -20,6 +22,7 @@ that trained it (its last step, or an eval-only run of its final checkpoint). A 
 
 import argparse
 import glob
+import itertools
 import json
 import os
 import sys
@@ -209,9 +212,35 @@ def difference_ci(a, b, reps=10000, seed=0):
     return float(a.mean() - b.mean()), float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
 
 
-def comparison(table, ks, treated, control, t=False):
+def stratified_permutation_p(x: dict, y: dict, strata: list) -> float:
+    """Exact two-sided permutation p-value of mean(x) - mean(y), x and y {seed: value}, when the seeds come in strata
+    (lists of seeds) that may differ by more than the arm: the arm labels are permuted only inside each stratum,
+    keeping its counts, so every split keeps each arm's mix of strata. The share of all such splits (the product over
+    strata of C(n_x + n_y, n_x)) whose |difference of means| is at least the observed one, ties counted."""
+    blocks = []  # per stratum: its pooled values and how many of them belong to x
+    for stratum in strata:
+        xs, ys = [x[s] for s in stratum if s in x], [y[s] for s in stratum if s in y]
+        blocks.append((np.array(xs + ys, dtype=float), len(xs)))
+    observed = abs(np.mean(list(x.values())) - np.mean(list(y.values())))
+    choices = [itertools.combinations(range(len(values)), n_x) for values, n_x in blocks]
+    extreme = total = 0
+    for split in itertools.product(*choices):
+        in_x, in_y = [], []
+        for (values, _), chosen in zip(blocks, split):
+            mask = np.zeros(len(values), dtype=bool)
+            mask[list(chosen)] = True
+            in_x.append(values[mask])
+            in_y.append(values[~mask])
+        difference = abs(np.concatenate(in_x).mean() - np.concatenate(in_y).mean())
+        extreme += difference >= observed - 1e-9 * max(1.0, observed)  # float sums in another order: same value
+        total += 1
+    return extreme / total
+
+
+def comparison(table, ks, treated, control, t=False, strata=None):
     """Markdown lines: treated minus control row, per Pass@k, in points, with a 95% bootstrap CI or (t) the exact
-    permutation p-value over all splits of the pooled seeds and its verdict (p >= 0.05: cannot be told apart)."""
+    permutation p-value over all splits of the pooled seeds (strata: only splits inside each stratum of seeds) and
+    its verdict (p >= 0.05: cannot be told apart)."""
     if treated not in table or control not in table:
         return []
     cells = []
@@ -221,7 +250,13 @@ def comparison(table, ks, treated, control, t=False):
         if not (a and b) or (t and len(a) + len(b) < 3):
             cells.append("-")
         elif t:
-            diff, p = 100 * (np.mean(a) - np.mean(b)), permutation_p(a, b)
+            diff = 100 * (np.mean(a) - np.mean(b))
+            if strata:
+                x = {s: v[k] for s, v in table[treated].items() if k in v}
+                y = {s: v[k] for s, v in table[control].items() if k in v}
+                p = stratified_permutation_p(x, y, strata)
+            else:
+                p = permutation_p(a, b)
             cells.append(f"{diff:+.1f}, p {p:.3f}: {verdict(diff, p)}")
         else:
             cells.append("%+.1f [%+.1f, %+.1f]" % tuple(100 * x for x in difference_ci(a, b)))
@@ -268,9 +303,10 @@ def plateau_markdown(entries, k=1, margin=2.0):
     return out if len(out) > 2 else []
 
 
-def seeds_markdown(entries, lengths, t=False):
+def seeds_markdown(entries, lengths, t=False, strata=None):
     """The table (mean [95% CI] per Pass@k), the rollout lengths and the per-seed values in a folded section.
-    t: t-intervals and exact permutation tests (issue 23) instead of percentile bootstraps."""
+    t: t-intervals and exact permutation tests (issue 23) instead of percentile bootstraps; strata: lists of seeds
+    inside which the permutation tests permute."""
     table = final_table(entries)
     ks = sorted({k for seeds in table.values() for values in seeds.values() for k in values})
     out = ["| model, decoding | seeds | " + " | ".join(f"Pass@{k}" for k in ks) + " |"]
@@ -285,17 +321,22 @@ def seeds_markdown(entries, lengths, t=False):
                 cells.append("%.1f [%.1f, %.1f]" % mean_ci(values, t) if values else "-")
         out.append(f"| {row_name(model, decoding)} | {len(seeds)} | " + " | ".join(cells) + " |")
     soft, grpo = "sofT_grpo:softgrpo", "discrete_grpo:grpo"
-    diffs = comparison(table, ks, (soft, "sofT-grpo"), (grpo, "discrete"), t)  # the paper's: each in its own decoding
-    diffs += comparison(table, ks, (soft, "sofT-grpo"), (grpo, "soft-baseline"), t)
-    diffs += comparison(table, ks, (soft, "sofT-grpo"), (K5, "discrete"), t)
+    # the paper's comparison first: each model in its own decoding
+    diffs = comparison(table, ks, (soft, "sofT-grpo"), (grpo, "discrete"), t, strata)
+    diffs += comparison(table, ks, (soft, "sofT-grpo"), (grpo, "soft-baseline"), t, strata)
+    diffs += comparison(table, ks, (soft, "sofT-grpo"), (K5, "discrete"), t, strata)
     for decoding in ("sofT-grpo", "soft-baseline", "discrete"):  # two checkpoints under one and the same decoding
-        diffs += comparison(table, ks, (soft, decoding), (grpo, decoding), t)
-        diffs += comparison(table, ks, (soft, decoding), (K5, decoding), t)
-        diffs += comparison(table, ks, (K5, decoding), (grpo, decoding), t)
+        diffs += comparison(table, ks, (soft, decoding), (grpo, decoding), t, strata)
+        diffs += comparison(table, ks, (soft, decoding), (K5, decoding), t, strata)
+        diffs += comparison(table, ks, (K5, decoding), (grpo, decoding), t, strata)
     if diffs:
         how = "95% bootstrap CI, the two sets of runs resampled apart"
         if t:
             how = "exact permutation p over all splits of the pooled runs; p >= 0.05: cannot be told apart"
+            if strata:
+                groups = " | ".join(",".join(map(str, stratum)) for stratum in strata)
+                how = f"exact permutation p over the splits inside each stratum of seeds ({groups}); p >= 0.05: "
+                how += "cannot be told apart"
         out += ["", f"Differences in points (mean over seeds, {how}):", ""]
         out += ["| comparison | seeds | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
         out += diffs
@@ -415,7 +456,19 @@ def main(argv=None):
     parser.add_argument("--keep-seeds", nargs="+", type=int, help="with --seeds: only these seeds (e.g. 1 2 3)")
     parser.add_argument("--methods", nargs="+", help="with --seeds: only the base model and these trained models")
     parser.add_argument("--t", action="store_true", help="with --seeds: t-intervals and exact permutation tests")
+    parser.add_argument(
+        "--strata", nargs="+", help="with --t: seeds in strata, e.g. 1,2,3 4,5: permutation tests permute inside each"
+    )
     args = parser.parse_args(argv)
+    strata = None
+    if args.strata:
+        try:
+            strata = [[int(seed) for seed in group.split(",")] for group in args.strata]
+        except ValueError:
+            print(
+                f"error: --strata: {' '.join(args.strata)} is not seeds; write e.g. --strata 1,2,3 4,5", file=sys.stderr
+            )
+            raise SystemExit(2) from None
     records = load_evals(args.paths)
     if not records:
         print(f"error: paths: no eval_step*.json under {' '.join(args.paths)}", file=sys.stderr)
@@ -431,7 +484,12 @@ def main(argv=None):
             if os.path.isdir(p):
                 for tag, by_method in rollout_lengths(p, args.keep_seeds, args.methods).items():
                     lengths[tag].update(by_method)
-        text = seeds_markdown(entries, lengths, args.t)
+        if strata:
+            missing = sorted({e["seed"] for e in entries} - {seed for stratum in strata for seed in stratum})
+            if missing:
+                print(f"error: --strata: seeds {missing} are in no stratum; list every seed once", file=sys.stderr)
+                raise SystemExit(2)
+        text = seeds_markdown(entries, lengths, args.t, strata)
         print(text)
         if args.md:
             begin, end = BEGIN, END

@@ -305,6 +305,29 @@ def test_permutation_p_equals_a_hand_enumeration():
     assert rl_report.permutation_p([0.1, 0.2, 0.3], [0.4, 0.5, 0.6]) == pytest.approx(2 / 20)  # float sums tie
 
 
+def test_stratified_permutation_p_permutes_only_inside_each_stratum(tmp_path):
+    """Seeds 1-3 and 4-5 trained from two builds of the base model: C(6, 3) x C(4, 2) = 120 splits, not C(10, 5).
+    Planted: the pooled test (strata ignored): red in each case."""
+    x, y = {1: 10.0, 2: 11.0, 3: 12.0, 4: 20.0, 5: 21.0}, {1: 0.0, 2: 1.0, 3: 2.0, 4: 3.0, 5: 4.0}
+    # x above y in every seed: only the observed split and its mirror are as extreme (pooled: 2 / 252)
+    assert grpo_report.stratified_permutation_p(x, y, [[1, 2, 3], [4, 5]]) == pytest.approx(2 / 120)
+    # strata {1, 2} and {3}: x = 1, 2 | 10, y = 3, 4 | 0, observed |13 - 7| / 3 = 2, i.e. x sum <= 7 or >= 13; the
+    # x sums of the 6 x 2 splits are {3, 4, 5, 5, 6, 7} + {0 or 10}: all 12 qualify (pooled: 16 of 20)
+    assert grpo_report.stratified_permutation_p({1: 1.0, 2: 2.0, 3: 10.0}, {1: 3.0, 2: 4.0, 3: 0.0}, [[1, 2], [3]]) == 1
+
+    # through the CLI, on the synthetic sweep: SofT-GRPO 0.65, 0.75 | 0.50 against GRPO 0.70, 0.80 | 0.60, Pass@1.
+    # The x sums of the C(4, 2) x C(2, 1) = 12 splits are {1.35, 1.40, 1.45, 1.45, 1.50, 1.55} + {0.50 or 0.60};
+    # |2 sum - 4.0| >= 0.2 in 4 of them (pooled: 12 of 20)
+    write_synthetic_sweep(str(tmp_path / "sweep"))
+    md = tmp_path / "results.md"
+    grpo_report.main([str(tmp_path / "sweep"), "--seeds", "--t", "--strata", "1,2", "3", "--md", str(md)])
+    text = md.read_text()
+    assert "| SofT-GRPO, soft minus GRPO, discrete | 3 vs 3 | -6.7, p 0.333: cannot be told apart |" in text
+    assert "inside each stratum of seeds (1,2 | 3)" in text
+    with pytest.raises(SystemExit):  # seed 3 in no stratum
+        grpo_report.main([str(tmp_path / "sweep"), "--seeds", "--t", "--strata", "1,2"])
+
+
 def test_bootstrap_ci_equals_a_loop_over_the_same_draws():
     values = [71.0, 83.3, 80.6, 60.4, 75.0]
     lo, hi = rl_report.bootstrap_ci(values, reps=10000, seed=0)
