@@ -39,9 +39,9 @@ class Args:
     seed: int = 1
     """seed of the experiment"""
     torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    """sets `torch.backends.cudnn.deterministic` (GPU only); on by default, `--no-torch-deterministic` turns it off"""
     cuda: bool = True
-    """if toggled, cuda will be enabled by default"""
+    """use a CUDA GPU when there is one (on by default; `--no-cuda` runs on the CPU)"""
     compile: bool = False
     """torch.compile the minibatch losses, the optimizer step and the acting policy: same math, compiled at start"""
     cudagraphs: bool = False

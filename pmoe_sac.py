@@ -43,9 +43,9 @@ class Args:
     seed: int = 1
     """seed of the experiment"""
     torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    """sets `torch.backends.cudnn.deterministic` (GPU only); on by default, `--no-torch-deterministic` turns it off"""
     cuda: bool = True
-    """if toggled, cuda will be enabled by default"""
+    """use a CUDA GPU when there is one (on by default; `--no-cuda` runs on the CPU)"""
     compile: bool = False
     """torch.compile the update functions and the acting policy: same math, a compile at the first update"""
     cudagraphs: bool = False
